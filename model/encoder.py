@@ -1,0 +1,160 @@
+"""The interest encoder: a causal transformer over a person's event sequence.
+
+Built from Hugging Face ``BertLayer`` blocks instantiated from a
+``BertConfig`` (never downloaded): the encoder stack is standard, well tested
+and exports cleanly to ONNX.  What is ours is the event embedding and the
+two heads:
+
+* event embedding = sum over ``k`` hashed item tables + action + platform +
+  time-gap bucket + position, then LayerNorm and dropout;
+* person head: the hidden state at the last (most recent) column, projected
+  to ``dim`` and L2-normalised;
+* item head: the *same* hashed item tables, projected to ``dim`` and
+  L2-normalised, so every item id string (even one never seen in training)
+  has a vector in the person space.
+
+Scores are cosine similarities times a learned scale, which is exactly what
+an ANN index with cosine distance (Cassandra SAI) computes in production.
+
+Attention is causal and ignores padding, with each position always allowed
+to attend to itself so a fully padded row never produces NaN.  Because
+positions count from the oldest real event, a sequence's output does not
+depend on how much left padding it got.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertLayer
+
+from model.features import FeatureSpec
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Shape of the network; stored in the manifest so a version can be rebuilt."""
+
+    width: int = 64
+    layers: int = 2
+    heads: int = 2
+    ffn_mult: int = 2
+    dim: int = 64
+    dropout: float = 0.2
+    attn_dropout: float = 0.0
+    init_scale: float = 10.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class InterestEncoder(nn.Module):
+    """Sequence -> unit interest vector; item id hashes -> unit item vector."""
+
+    def __init__(self, spec: FeatureSpec, cfg: EncoderConfig) -> None:
+        super().__init__()
+        if cfg.width % cfg.heads:
+            raise ValueError(f"width {cfg.width} is not a multiple of heads {cfg.heads}")
+        self.spec = spec
+        self.cfg = cfg
+        w = cfg.width
+        self.item_tables = nn.ModuleList(
+            nn.Embedding(spec.hash_buckets, w, padding_idx=0) for _ in range(spec.n_hashes)
+        )
+        self.action_emb = nn.Embedding(spec.n_actions, w, padding_idx=0)
+        self.platform_emb = nn.Embedding(spec.n_platforms, w, padding_idx=0)
+        self.gap_emb = nn.Embedding(spec.n_gaps, w, padding_idx=0)
+        self.pos_emb = nn.Embedding(spec.max_len, w)
+        self.emb_norm = nn.LayerNorm(w)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        bert = BertConfig(
+            vocab_size=1,
+            hidden_size=w,
+            num_hidden_layers=cfg.layers,
+            num_attention_heads=cfg.heads,
+            intermediate_size=w * cfg.ffn_mult,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.attn_dropout,
+            max_position_embeddings=spec.max_len,
+            hidden_act="gelu",
+        )
+        bert._attn_implementation = "eager"
+        self.layers = nn.ModuleList(BertLayer(bert, layer_idx=i) for i in range(cfg.layers))
+        self.person_proj = nn.Linear(w, cfg.dim)
+        self.item_proj = nn.Linear(w, cfg.dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_scale)))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Logit scale (inverse temperature) for cosine scores, clamped for stability."""
+        return self.log_scale.exp().clamp(max=100.0)
+
+    def item_embedding(self, hashes: list[torch.Tensor]) -> torch.Tensor:
+        """Sum of the hashed tables: the shared item representation (width ``w``)."""
+        emb = self.item_tables[0](hashes[0])
+        for table, ids in zip(self.item_tables[1:], hashes[1:], strict=True):
+            emb = emb + table(ids)
+        return emb
+
+    def item_vectors(self, *hashes: torch.Tensor) -> torch.Tensor:
+        """Unit item vectors ``[N, dim]`` from ``item_hash_k`` int64 ``[N]`` inputs."""
+        vec = self.item_proj(self.item_embedding(list(hashes)))
+        return nn.functional.normalize(vec, dim=-1)
+
+    def hidden(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Hidden states ``[B, L, w]`` for inputs ordered as ``spec.input_names()``."""
+        k = self.spec.n_hashes
+        hashes = inputs[:k]
+        action, platform, gap, position, mask = inputs[k:]
+        x = self.item_embedding(hashes)
+        x = x + self.action_emb(action) + self.platform_emb(platform) + self.gap_emb(gap)
+        x = x + self.pos_emb(position)
+        x = self.emb_drop(self.emb_norm(x))
+        length = mask.shape[1]
+        idx = torch.arange(length, device=mask.device)
+        causal = idx.unsqueeze(0) <= idx.unsqueeze(1)  # [L(query), L(key)]
+        allowed = causal.unsqueeze(0) & (mask.unsqueeze(1) > 0)  # [B, L, L]
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=mask.device).unsqueeze(0)
+        neg = torch.finfo(x.dtype).min
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        bias = torch.where(allowed, zero, torch.full((), neg, dtype=x.dtype, device=x.device))
+        bias = bias.unsqueeze(1)  # [B, 1, L, L]
+        for layer in self.layers:
+            x = layer(x, bias)
+        return x
+
+    def person_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.person_proj(hidden), dim=-1)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Unit interest vectors ``[B, dim]``: the exported ONNX graph."""
+        hidden = self.hidden(list(inputs))
+        return self.person_from_hidden(hidden[:, -1, :])
+
+
+def build_encoder(spec: FeatureSpec, cfg: EncoderConfig) -> InterestEncoder:
+    """A freshly initialised encoder (seed the RNG first for reproducibility)."""
+    return InterestEncoder(spec, cfg)

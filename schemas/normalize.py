@@ -1,0 +1,143 @@
+"""Raw Kafka message bytes -> canonical events or specific rejections.
+
+One message may hold one event (a JSON object) or an envelope of many
+(``{"events": [...], ...shared fields}``), because trackers batch.  The
+envelope's other top-level fields are defaults for every element (a tracker
+sends the device id once per batch).  Each element succeeds or fails on its
+own: one bad element never costs the good ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from schemas.adapters import MAX_ID_BYTES, PlatformAdapter, _Invalid, now_ms
+from schemas.events import CanonicalEvent, IdentityLink, Rejected
+
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_ENVELOPE_EVENTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """Outcome of one message: events and per-element rejections."""
+
+    events: list[CanonicalEvent]
+    rejected: list[tuple[Rejected, bytes]]  # (why, the element's own bytes or the whole message)
+
+
+def decode_json(raw: bytes | None) -> Any | Rejected:
+    """Bytes -> JSON value, or a Rejected naming the exact problem."""
+    if raw is None or len(raw) == 0:
+        return Rejected("empty", "empty message")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Rejected("oversized_message", f"message is {len(raw)} bytes, over {MAX_MESSAGE_BYTES}")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            bad = raw[uexc.start]
+            return Rejected("not_utf8", f"not UTF-8: invalid byte 0x{bad:02x} at position {uexc.start}")
+        if not raw.strip():
+            return Rejected("empty", "message is only whitespace")
+        return Rejected("not_json", f"not JSON: {exc}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+class Normalizer:
+    """Normalises raw messages with the configured platform adapters."""
+
+    def __init__(self, adapters: dict[str, PlatformAdapter]) -> None:
+        self.adapters = adapters
+
+    def unknown_platform(self, platform: str) -> Rejected:
+        known = ", ".join(sorted(self.adapters))
+        return Rejected("unknown_platform", f"unknown platform {platform!r} (known: {known})")
+
+    def decode(
+        self, raw: bytes | None, platform: str, topic_action: str | None = None, now: int | None = None
+    ) -> Decoded:
+        adapter = self.adapters.get(platform)
+        if adapter is None:
+            return Decoded([], [(self.unknown_platform(platform), raw or b"")])
+        value = decode_json(raw)
+        if isinstance(value, Rejected):
+            return Decoded([], [(value, raw or b"")])
+        if not isinstance(value, dict):
+            why = Rejected(
+                "not_object", f"expected a JSON object or an envelope {{\"events\": [...]}}, got {_kind(value)}"
+            )
+            return Decoded([], [(why, raw or b"")])
+        now = now_ms() if now is None else now
+        if "events" not in value:
+            try:
+                return Decoded([adapter.to_canonical(value, topic_action, now)], [])
+            except _Invalid as exc:
+                return Decoded([], [(Rejected(exc.reason, exc.message), raw or b"")])
+        return self._envelope(adapter, value, topic_action, now, raw or b"")
+
+    def _envelope(
+        self, adapter: PlatformAdapter, value: dict[str, Any], topic_action: str | None, now: int, raw: bytes
+    ) -> Decoded:
+        items = value["events"]
+        if not isinstance(items, list):
+            return Decoded([], [(Rejected("bad_envelope", f"'events' must be an array, got {_kind(items)}"), raw)])
+        if len(items) > MAX_ENVELOPE_EVENTS:
+            why = Rejected("bad_envelope", f"envelope has {len(items)} events, over {MAX_ENVELOPE_EVENTS}")
+            return Decoded([], [(why, raw)])
+        shared = {k: v for k, v in value.items() if k != "events"}
+        events: list[CanonicalEvent] = []
+        rejected: list[tuple[Rejected, bytes]] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                why = Rejected("not_object", f"expected a JSON object, got {_kind(item)}", index)
+                rejected.append((why, orjson.dumps(item)))
+                continue
+            merged = {**shared, **item} if shared else item
+            try:
+                events.append(adapter.to_canonical(merged, topic_action, now))
+            except _Invalid as exc:
+                rejected.append((Rejected(exc.reason, exc.message, index), orjson.dumps(merged)))
+        return Decoded(events, rejected)
+
+
+def decode_link(raw: bytes | None, platforms: set[str]) -> IdentityLink | Rejected:
+    """Parse one ``identity.links`` message.
+
+    Format: ``{"platform": "web", "device_id": "d-1", "person_id": "u-9",
+    "ts_ms": 1700000000000}``.
+    """
+    value = decode_json(raw)
+    if isinstance(value, Rejected):
+        return value
+    if not isinstance(value, dict):
+        return Rejected("not_object", f"expected a JSON object, got {_kind(value)}")
+    fields: dict[str, str] = {}
+    for name in ("platform", "device_id", "person_id"):
+        item = value.get(name)
+        if item is None:
+            return Rejected("missing_field", f"missing field '{name}' in identity link")
+        if isinstance(item, bool) or not isinstance(item, (str, int)) or not str(item).strip():
+            return Rejected("bad_id", f"field '{name}' must be a non-empty string, got {item!r}")
+        text = str(item)
+        if len(text.encode()) > MAX_ID_BYTES or any(ord(c) < 0x20 for c in text):
+            return Rejected("bad_id", f"field '{name}' is oversized or has control characters")
+        fields[name] = text
+    if fields["platform"] not in platforms:
+        return Rejected("unknown_platform", f"unknown platform {fields['platform']!r} in identity link")
+    ts = value.get("ts_ms")
+    if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+        return Rejected("bad_timestamp", f"identity link ts_ms must be a non-negative integer, got {ts!r}")
+    return IdentityLink(fields["platform"], fields["device_id"], fields["person_id"], ts)

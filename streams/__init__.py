@@ -1,0 +1,1 @@
+"""Stream workers: the long-running job (never imports torch)."""

@@ -1,0 +1,99 @@
+"""Kafka client options from ``Settings``: one place for security and addresses.
+
+kafka-python (producer CLI, admin, tests) and Faust (the worker) both take
+their TLS/SASL options from here, so a setting means the same for both.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from streams.settings import KafkaSecurity, Settings
+
+
+class KafkaConfigError(ValueError):
+    """Security settings that cannot work (missing CA file, bad key pair)."""
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS context for SSL/SASL_SSL, verifying the broker against the CA file."""
+    if settings.kafka_security_protocol not in (KafkaSecurity.SSL, KafkaSecurity.SASL_SSL):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile:
+            ctx.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise KafkaConfigError(
+            f"cannot load Kafka TLS files (INTEREST_KAFKA_SSL_CAFILE/CERTFILE/KEYFILE): {exc}"
+        ) from exc
+    ctx.check_hostname = settings.kafka_ssl_check_hostname
+    return ctx
+
+
+def kafka_python_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for kafka-python clients (KafkaProducer, KafkaConsumer, admin)."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers(),
+        "security_protocol": settings.kafka_security_protocol.value,
+    }
+    ctx = ssl_context(settings)
+    if ctx is not None:
+        opts["ssl_context"] = ctx
+    if settings.kafka_security_protocol in (KafkaSecurity.SASL_PLAINTEXT, KafkaSecurity.SASL_SSL):
+        assert settings.kafka_sasl_password is not None
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return opts
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """``broker_credentials`` for the Faust app, or None for PLAINTEXT."""
+    import faust
+
+    proto = settings.kafka_security_protocol
+    ctx = ssl_context(settings)
+    if proto == KafkaSecurity.PLAINTEXT:
+        return None
+    if proto == KafkaSecurity.SSL:
+        return faust.SSLCredentials(ctx)
+    assert settings.kafka_sasl_password is not None
+    mechanism = settings.kafka_sasl_mechanism
+    password = settings.kafka_sasl_password.get_secret_value()
+    if mechanism == "PLAIN":
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username, password=password, ssl_context=ctx, mechanism="PLAIN"
+        )
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username, password=password, ssl_context=ctx, mechanism=mechanism
+    )
+
+
+def ensure_topics(settings: Settings, topics: dict[str, int]) -> None:
+    """Create missing topics with the given partition counts (idempotent)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(**kafka_python_options(settings), client_id="interest-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def worker_topics(settings: Settings) -> dict[str, int]:
+    """Every topic the worker reads or writes, with its partition count."""
+    topics = {t: settings.topic_partitions for t in settings.raw_topics()}
+    topics[settings.identity_topic] = settings.topic_partitions
+    topics[settings.person_topic] = settings.person_partitions
+    topics[settings.dlq_topic] = 1
+    topics[settings.models_topic] = 1
+    return topics

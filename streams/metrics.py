@@ -1,0 +1,40 @@
+"""Prometheus metrics of a worker (served on the Faust web port at /metrics).
+
+What to alert on is in the README's runbook: freshness p99, consumer lag,
+DLQ rate by reason, store-unavailable retries, refused model versions.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+EVENTS_IN = Counter("interest_events_in_total", "Raw events accepted", ["platform", "action"])
+REJECTED = Counter("interest_events_rejected_total", "Inputs sent to the DLQ", ["reason"])
+LINKS_IN = Counter("interest_identity_links_total", "Identity links accepted")
+APPLIED = Counter("interest_events_applied_total", "Events merged into a sequence")
+DUPLICATES = Counter("interest_events_duplicate_total", "Events already applied (replays, retries)")
+TOO_LATE = Counter("interest_events_too_late_total", "Events older than a full window (cannot matter)")
+ERASED_DROPPED = Counter("interest_events_erased_total", "Events of an erased person dropped")
+FORWARDED = Counter("interest_records_forwarded_total", "Records moved to a linked person's partition")
+BATCH_SIZE = Histogram(
+    "interest_batch_size", "Messages per micro-batch", ["stage"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)
+PEOPLE_UPDATED = Counter("interest_people_updated_total", "Profiles written")
+ENCODE_SECONDS = Histogram(
+    "interest_encode_seconds", "Runtime call per batch",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+STORE_WRITE_SECONDS = Histogram(
+    "interest_store_write_seconds", "Store write per batch",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+FRESHNESS = Histogram(
+    "interest_freshness_seconds", "Event time to profile written",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+)
+STORE_RETRIES = Counter("interest_store_unavailable_total", "Batches retried because the store was down")
+BATCH_FAILURES = Counter("interest_batch_failures_total", "Batches that failed with a non-transient error")
+LAG = Gauge("interest_consumer_lag", "Messages behind the high-water mark", ["topic", "partition"])
+MODEL_INFO = Info("interest_model", "Model version in use")
+MODEL_REFUSED = Counter("interest_model_refused_total", "Model versions refused by the checks", ["reason"])

@@ -1,0 +1,208 @@
+"""One typed settings object for every part of the system.
+
+Every field is a declaration with a type, a default and a description, read
+from ``INTEREST_<FIELD>`` environment variables (or keyword arguments).  Unknown
+``INTEREST_*`` variables are rejected up front, so a typo such as
+``INTEREST_BATCH_SIZ`` fails at start-up instead of being silently ignored.
+Secrets are ``SecretStr`` and print as ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "INTEREST_"
+# Variables the test-suite reads itself; not settings of the system.
+_NOT_SETTINGS = ("INTEREST_TEST_",)
+
+
+class KafkaSecurity(str, Enum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class Settings(BaseSettings):
+    """Effective configuration; ``interest config`` prints it with secrets masked."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # -- Kafka -----------------------------------------------------------
+    broker_url: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers: kafka://host1:9092;host2:9092 or host1:9092,host2:9092",
+    )
+    platforms: list[str] = Field(
+        default_factory=lambda: ["web", "app", "mini", "tv"],
+        description="Platforms whose events.<platform>.<action> topics the worker consumes",
+    )
+    topics: list[str] = Field(
+        default_factory=list,
+        description="Explicit raw-event topic list; empty means every events.<platform>.<action>",
+    )
+    identity_topic: str = "identity.links"
+    dlq_topic: str = "interest.dlq"
+    models_topic: str = "interest.models"
+    person_topic: str = Field("interest.by_person", description="Internal topic keyed by person")
+    person_partitions: int = Field(8, ge=1, le=1024, description="Partitions of the person topic")
+    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions for raw topics we create")
+    kafka_security_protocol: KafkaSecurity = KafkaSecurity.PLAINTEXT
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_check_hostname: bool = True
+    session_timeout_s: float = Field(
+        10.0, gt=0, description="Consumer-group session timeout; the join waits about half of it"
+    )
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+
+    # -- Store -----------------------------------------------------------
+    store_url: str = Field(
+        "sqlite:///data/profiles.db",
+        description="sqlite:///path or cassandra://host1,host2:9042/keyspace?dc=DC&consistency=LOCAL_QUORUM",
+    )
+    cassandra_consistency: Literal["ONE", "LOCAL_ONE", "LOCAL_QUORUM", "QUORUM", "EACH_QUORUM", "ALL"] = (
+        "LOCAL_QUORUM"
+    )
+    cassandra_local_dc: str | None = None
+    cassandra_username: str | None = None
+    cassandra_password: SecretStr | None = None
+    cassandra_tls_ca_file: str | None = None
+    cassandra_tls_check_hostname: bool = True
+    cassandra_max_in_flight: int = Field(128, ge=1, le=10_000, description="Concurrent async requests")
+    cassandra_replication: str = Field(
+        "datacenter1:3", description="NetworkTopologyStrategy replication, dc:rf[,dc:rf]"
+    )
+    cassandra_request_timeout_s: float = Field(10.0, gt=0)
+    erasure_retention_days: int = Field(30, ge=1)
+
+    # -- Model -----------------------------------------------------------
+    registry: str = Field("data/registry", description="Model registry directory")
+    model_version: str | None = Field(None, description="Pin a version; default: the promoted one")
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+
+    # -- Worker ----------------------------------------------------------
+    app_id: str = "interest-worker"
+    data_dir: str = "data"
+    web_port: int = Field(6066, ge=0, le=65535)
+    web_host: str = "0.0.0.0"
+    batch_size: int = Field(2000, ge=1, le=1_000_000, description="Max messages per micro-batch")
+    batch_wait_ms: int = Field(100, ge=1, le=60_000, description="Max wait to fill a micro-batch")
+    seq_len: int = Field(50, ge=1, le=999, description="Events kept per person")
+    retry_attempts: int = Field(3, ge=0, le=100, description="Retries of a failing batch before DLQ")
+    retry_backoff_ms: int = Field(200, ge=1)
+    retry_backoff_max_ms: int = Field(10_000, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("platforms", "topics", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("sqlite", "cassandra"):
+            raise ValueError(f"store_url must start with sqlite:/// or cassandra://, got scheme {scheme!r}")
+        if scheme == "cassandra":
+            parts = urlsplit(value)
+            if not parts.netloc:
+                raise ValueError("cassandra store_url needs hosts: cassandra://host1,host2:9042/keyspace")
+            if not parts.path.strip("/"):
+                raise ValueError("cassandra store_url needs a keyspace: cassandra://host:9042/keyspace")
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        proto = self.kafka_security_protocol
+        if proto in (KafkaSecurity.SASL_PLAINTEXT, KafkaSecurity.SASL_SSL) and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_security_protocol={proto.value} needs INTEREST_KAFKA_SASL_USERNAME "
+                "and INTEREST_KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.cassandra_username) != bool(self.cassandra_password):
+            raise ValueError("set both INTEREST_CASSANDRA_USERNAME and INTEREST_CASSANDRA_PASSWORD, or neither")
+        return self
+
+    # -- derived ---------------------------------------------------------
+    def raw_topics(self) -> list[str]:
+        """Raw-event topics the worker consumes."""
+        if self.topics:
+            return list(self.topics)
+        return [f"events.{p}.{a}" for p in self.platforms for a in ("click", "browse", "purchase")]
+
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` list for kafka-python / aiokafka."""
+        raw = self.broker_url
+        for prefix in ("kafka://", "aiokafka://"):
+            if raw.startswith(prefix):
+                raw = raw[len(prefix) :]
+        return [h.strip() for h in raw.replace(";", ",").split(",") if h.strip()]
+
+    def cassandra_target(self) -> tuple[list[str], int, str, dict[str, str]]:
+        """Hosts, port, keyspace and query options from a ``cassandra://`` URL."""
+        parts = urlsplit(self.store_url)
+        hosts_port = parts.netloc.rsplit("@", 1)[-1]
+        port = 9042
+        hosts = []
+        for host in hosts_port.split(","):
+            if ":" in host:
+                host, port_s = host.rsplit(":", 1)
+                port = int(port_s)
+            hosts.append(host)
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        return hosts, port, parts.path.strip("/"), options
+
+    def sqlite_path(self) -> str:
+        """Filesystem path from a ``sqlite:///path`` URL (relative paths allowed)."""
+        return self.store_url[len("sqlite:///") :] if self.store_url.startswith("sqlite:///") else ""
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as JSON-able data with every secret masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Enum):
+                value = value.value
+            out[name] = value
+        return out
+
+
+def unknown_env_keys(environ: dict[str, str] | None = None) -> list[str]:
+    """``INTEREST_*`` variables that name no setting (typos)."""
+    env = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(
+        key
+        for key in env
+        if key.upper().startswith(ENV_PREFIX)
+        and key.upper() not in known
+        and not key.upper().startswith(_NOT_SETTINGS)
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, rejecting unknown ``INTEREST_*`` keys."""
+    unknown = unknown_env_keys()
+    if unknown:
+        raise ValueError(
+            "unknown settings in the environment: " + ", ".join(unknown) + " (see `interest config`)"
+        )
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""Profile stores: one interface (``base.ProfileStore``), backends chosen by URL."""

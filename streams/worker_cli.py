@@ -1,0 +1,53 @@
+"""``interest worker``: run the Faust stream worker with the project's settings."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_worker(settings: object) -> None:
+    """Create topics if missing, then run the Faust worker until SIGTERM/SIGINT.
+
+    Faust's worker installs the signal handlers: on SIGTERM it stops the
+    consumer, lets agents finish the batch in flight, commits acknowledged
+    offsets and leaves the group.
+    """
+    import faust
+
+    from streams.app import create_app
+    from streams.kafka_config import ensure_topics, worker_topics
+    from streams.settings import Settings
+
+    assert isinstance(settings, Settings)
+    configure_logging(settings.log_level)
+    ensure_topics(settings, worker_topics(settings))
+    app, _ = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def register(app: typer.Typer) -> None:
+    from streams.cli import settings_or_exit
+
+    @app.command()
+    def worker(
+        broker: Annotated[str | None, typer.Option(help="Kafka bootstrap (INTEREST_BROKER_URL)")] = None,
+        store: Annotated[str | None, typer.Option(help="Store URL (INTEREST_STORE_URL)")] = None,
+        registry: Annotated[str | None, typer.Option(help="Model registry (INTEREST_REGISTRY)")] = None,
+        web_port: Annotated[int | None, typer.Option(help="Web port for /metrics /health /ready")] = None,
+    ) -> None:
+        """Run the stream worker: raw topics -> person topic -> vectors -> store."""
+        settings = settings_or_exit(broker_url=broker, store_url=store, registry=registry, web_port=web_port)
+        run_worker(settings)
