@@ -25,6 +25,7 @@ depend on how much left padding it got.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
 
 from model.features import FeatureSpec
+
+_NOGAP = bool(os.environ.get('EXP_NOGAP'))
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class EncoderConfig:
     dropout: float = 0.2
     attn_dropout: float = 0.0
     init_scale: float = 10.0
+    score: str = "cosine"  # "cosine": unit items x learned scale; "dot": raw dot product
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +126,7 @@ class InterestEncoder(nn.Module):
     def item_vectors(self, *hashes: torch.Tensor) -> torch.Tensor:
         """Unit item vectors ``[N, dim]`` from ``item_hash_k`` int64 ``[N]`` inputs."""
         vec = self.item_proj(self.item_embedding(list(hashes)))
-        return nn.functional.normalize(vec, dim=-1)
+        return nn.functional.normalize(vec, dim=-1) if self.cfg.score == "cosine" else vec
 
     def hidden(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Hidden states ``[B, L, w]`` for inputs ordered as ``spec.input_names()``."""
@@ -130,14 +134,16 @@ class InterestEncoder(nn.Module):
         hashes = inputs[:k]
         action, platform, gap, position, mask = inputs[k:]
         x = self.item_embedding(hashes)
-        x = x + self.action_emb(action) + self.platform_emb(platform) + self.gap_emb(gap)
+        x = x + self.action_emb(action) + self.platform_emb(platform)
+        if not _NOGAP:
+            x = x + self.gap_emb(gap)
         x = x + self.pos_emb(position)
         x = self.emb_drop(self.emb_norm(x))
         length = mask.shape[1]
         idx = torch.arange(length, device=mask.device)
-        causal = idx.unsqueeze(0) <= idx.unsqueeze(1)  # [L(query), L(key)]
-        allowed = causal.unsqueeze(0) & (mask.unsqueeze(1) > 0)  # [B, L, L]
-        allowed = allowed | torch.eye(length, dtype=torch.bool, device=mask.device).unsqueeze(0)
+        keys, queries = idx.unsqueeze(0), idx.unsqueeze(1)
+        causal = keys <= queries  # [L(query), L(key)]
+        allowed = (causal.unsqueeze(0) & (mask.unsqueeze(1) > 0)) | (keys == queries).unsqueeze(0)
         neg = torch.finfo(x.dtype).min
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         bias = torch.where(allowed, zero, torch.full((), neg, dtype=x.dtype, device=x.device))
@@ -148,6 +154,12 @@ class InterestEncoder(nn.Module):
 
     def person_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.person_proj(hidden), dim=-1)
+
+    def person_for_scoring(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Training-time person side of the logits (ranking-equivalent to the unit vector)."""
+        if self.cfg.score == "cosine":
+            return self.person_from_hidden(hidden) * self.scale
+        return self.person_proj(hidden)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Unit interest vectors ``[B, dim]``: the exported ONNX graph."""

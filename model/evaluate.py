@@ -60,8 +60,9 @@ def build_eval_set(split: Split, catalogue: Sequence[str], target: Target) -> Ev
 def rank_metrics(scores_fn: Callable[[slice], np.ndarray], data: EvalSet, k: int = 10) -> dict[str, float]:
     """NDCG@k / HR@k from full-catalogue scores; ``scores_fn(rows)`` gives ``[rows, C]``.
 
-    The target's rank is the number of candidates scoring strictly higher
-    than it after masking history, so ties never help a model.
+    The target's rank is the number of other candidates scoring at least as
+    high after masking history: ties count against the model (a constant
+    scorer gets nothing), and a NaN score ranks last.
     """
     users = len(data.people)
     ndcg = 0.0
@@ -75,7 +76,8 @@ def rank_metrics(scores_fn: Callable[[slice], np.ndarray], data: EvalSet, k: int
             scores[r, hist[hist != data.target_idx[u]]] = -np.inf
         tgt = data.target_idx[rows]
         target_scores = scores[np.arange(len(tgt)), tgt]
-        ranks = (scores > target_scores[:, None]).sum(axis=1)
+        ranks = (scores >= target_scores[:, None]).sum(axis=1) - 1  # the target ties with itself
+        ranks = np.where(np.isfinite(target_scores), ranks, scores.shape[1])
         top = ranks < k
         hits += int(top.sum())
         ndcg += float((1.0 / np.log2(ranks[top] + 2.0)).sum())

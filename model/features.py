@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,9 @@ DEFAULT_GAP_BOUNDARIES_S: tuple[float, ...] = (
 )  # fmt: skip
 
 _HASH_CACHE_MAX = 1 << 20
+import os
+
+_RECENCY = bool(os.environ.get("EXP_RECENCY"))
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,11 @@ class FeatureSpec:
 
     # -- manifest round trip -------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("_lookup")
-        for key in ("hash_seeds", "gap_boundaries_s", "actions", "platforms"):
-            data[key] = list(data[key])
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            if not f.name.startswith("_"):
+                value = getattr(self, f.name)
+                data[f.name] = list(value) if isinstance(value, tuple) else value
         return data
 
     @classmethod
@@ -289,6 +293,6 @@ def featurize(
         map(spec._lookup["platform"].__getitem__, platforms), np.int64, total
     )
     out["time_gap"][rows, cols] = gap
-    out["position"][rows, cols] = within
+    out["position"][rows, cols] = (np.repeat(lens, lens) - 1 - within) if _RECENCY else within
     out["mask"][rows, cols] = 1
     return out

@@ -25,10 +25,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from model.data import Sequences, Split
 from model.encoder import EncoderConfig, InterestEncoder
@@ -54,6 +55,8 @@ class TrainConfig:
     heads: int = 2
     ffn_mult: int = 2
     dropout: float = 0.2
+    score: str = "cosine"
+    init_scale: float = 10.0
     hash_buckets: int = 1 << 14
     negatives: int = -1  # -1: full softmax when the catalogue is small, else 4096 sampled
     full_softmax_max_items: int = 50_000
@@ -171,6 +174,31 @@ def validate(model: InterestEncoder, spec: FeatureSpec, data: EvalSet, catalogue
     return vector_metrics(person_vectors(model, data.histories, spec), item_vectors(model, catalogue, spec), data)
 
 
+class _SoftmaxCE(torch.autograd.Function):
+    """Cross-entropy of ``a @ b.T`` against ``target``, per row, with a lean backward.
+
+    The full-catalogue softmax dominates a training step on CPU.  Autograd's
+    version keeps the logits, zero-fills an ``[N, C]`` gradient and runs a
+    separate log-softmax backward; here the log-probabilities are kept and
+    turned into ``softmax - onehot`` in place, halving the ``[N, C]`` passes.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(a @ b.T, dim=1)
+        rows = torch.arange(a.shape[0])
+        ctx.save_for_backward(a, b, target, logp)
+        return -logp[rows, target]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        a, b, target, logp = ctx.saved_tensors
+        probs = logp.exp()
+        probs[torch.arange(a.shape[0]), target] -= 1.0
+        probs.mul_(grad.unsqueeze(1))
+        return probs @ b, probs.T @ a, None
+
+
 def _loss(
     model: InterestEncoder,
     inputs: list[torch.Tensor],
@@ -182,7 +210,7 @@ def _loss(
 ) -> torch.Tensor:
     keep = targets >= 0
     hidden = model.hidden(inputs)[keep]
-    people = model.person_from_hidden(hidden)
+    people = model.person_for_scoring(hidden)
     tgt = targets[keep]
     if negatives > 0:
         sampled = torch.randint(0, catalogue_hashes.shape[0], (negatives,), generator=gen)
@@ -192,11 +220,7 @@ def _loss(
         cand = torch.arange(catalogue_hashes.shape[0])
     hashes = catalogue_hashes[cand]
     items = model.item_vectors(*(hashes[:, k] for k in range(hashes.shape[1])))
-    # Cross-entropy written as logsumexp - target logit: the scale is folded into
-    # the [N, dim] side and no [N, C] one-hot/zeros tensor is materialised, which
-    # roughly halves the cost of the (dominant) full-catalogue softmax on CPU.
-    scaled = people * model.scale
-    per_pos = torch.logsumexp(scaled @ items.T, dim=1) - (scaled * items[tgt]).sum(dim=1)
+    per_pos = _SoftmaxCE.apply(people, items, tgt)
     wts = weights[keep]
     return (per_pos * wts).sum() / wts.sum().clamp(min=1e-6)
 
@@ -218,7 +242,10 @@ def train_model(
         model.load_state_dict(state)
     else:
         spec = FeatureSpec(hash_buckets=cfg.hash_buckets, max_len=cfg.max_len)
-        enc_cfg = EncoderConfig(cfg.width, cfg.layers, cfg.heads, cfg.ffn_mult, cfg.dim, cfg.dropout)
+        enc_cfg = EncoderConfig(
+            cfg.width, cfg.layers, cfg.heads, cfg.ffn_mult, cfg.dim, cfg.dropout,
+            init_scale=cfg.init_scale, score=cfg.score,
+        )  # fmt: skip
         model = InterestEncoder(spec, enc_cfg)
     train_items = catalogue_of(split.train)
     data = _TrainData(split, spec, train_items, cfg.action_weights)
@@ -276,4 +303,93 @@ def train_model(
     model.eval()
     return Trained(
         model, spec, enc_cfg, history, best_epoch, best_valid, time.perf_counter() - started, stopped
+    )
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` did: the published version and every number worth logging."""
+
+    version: str
+    promoted: bool
+    metrics: dict[str, Any]
+    best_epoch: int
+    epochs_run: int
+    stopped: str
+    train_seconds: float
+    total_seconds: float
+    plot: str | None
+    history: list[EpochLog]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "promoted": self.promoted,
+            "metrics": self.metrics,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped": self.stopped,
+            "train_seconds": round(self.train_seconds, 2),
+            "total_seconds": round(self.total_seconds, 2),
+            "plot": self.plot,
+        }
+
+
+def train(
+    events: str | os.PathLike[str] | list[dict[str, Any]],
+    registry_root: str | os.PathLike[str],
+    cfg: TrainConfig | None = None,
+    *,
+    from_version: str | None = None,
+    time_unit: str | None = None,
+    out_plot: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    promote: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Load events, train (or warm-start from ``from_version``), export, verify and publish.
+
+    ``events`` is a path (CSV / JSON lines / ``.inter``) or a list of event
+    dicts (``user_id``/``person_id``, ``item_id``, ``timestamp``/``ts_ms``,
+    optional ``action``, ``platform``, ``weight``).  Raises ``ModelRejected``
+    when the new model is worse than the promoted one (unless ``force``).
+    """
+    from model.data import leave_two_out, load_events
+    from model.publish import load_weights, publish_trained
+    from model.registry import Registry
+
+    started = time.perf_counter()
+    cfg = cfg or TrainConfig()
+    people = load_events(events, time_unit)
+    split = leave_two_out(people)
+    registry = Registry(registry_root)
+    init = load_weights(registry, from_version) if from_version else None
+    trained = train_model(people, split, cfg, init=init, log=log)
+    info = {
+        "config": {k: v for k, v in cfg.__dict__.items() if k not in ("progress",)},
+        "from": from_version,
+        "best_epoch": trained.best_epoch,
+        "epochs_run": len(trained.history),
+        "stopped": trained.stopped,
+        "seconds": round(trained.seconds, 2),
+        "best_valid_torch": trained.best_valid,
+        "source": str(events) if isinstance(events, str | os.PathLike) else f"{len(events)} in-memory events",
+    }
+    version, metrics = publish_trained(trained, people, split, registry, info, force=force, promote=promote)
+    plot = None
+    if out_plot is not None:
+        from model.plots import plot_training
+
+        plot = str(plot_training(trained.history, trained.best_epoch, Path(out_plot), title=version))
+    return TrainResult(
+        version=version,
+        promoted=promote and registry.promoted() == version,
+        metrics=metrics,
+        best_epoch=trained.best_epoch,
+        epochs_run=len(trained.history),
+        stopped=trained.stopped,
+        train_seconds=trained.seconds,
+        total_seconds=time.perf_counter() - started,
+        plot=plot,
+        history=trained.history,
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from schemas.events import ACTION_WEIGHTS, CanonicalEvent, Rejected, anon_person_id
+from schemas.events import ACTION_WEIGHTS, CanonicalEvent, anon_person_id
 from schemas.sequence import ACTIONS
 
 MAX_ID_BYTES = 1024

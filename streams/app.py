@@ -31,13 +31,13 @@ from streams.dlq import dlq_headers
 from streams.kafka_config import faust_credentials
 from streams.model_holder import ModelHolder
 from streams.routing import (
-    topic_platform_action,
     decode_envelope,
     encode_envelope,
     event_record,
     group_by_partition,
     link_record,
     person_partition,
+    topic_platform_action,
 )
 from streams.settings import Settings
 from streams.stores.base import StoreUnavailable
@@ -68,8 +68,13 @@ class WorkerContext:
         self.freshness: deque[float] = deque(maxlen=5000)
 
     async def start(self) -> None:
-        await self.store.open()
         await self.model.load()
+        if self.settings.store_url.startswith("sqlite:"):
+            # The embedded store needs no set-up step; Cassandra needs `interest store init`.
+            runtime = self.model.current()
+            await self.store.init_schema(runtime.dim if runtime is not None else 64)
+        else:
+            await self.store.open()
         self.ready.set()
 
     async def send_all(self, sends: list[tuple[str, bytes | None, bytes, int | None, Any]]) -> None:
@@ -296,7 +301,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
             log.debug("lag gauge failed", exc_info=True)
 
     @app.on_partitions_revoked.connect
-    async def on_revoked(app: faust.App, *, revoked: Any, **_: Any) -> None:
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         parts = [tp.partition for tp in revoked if tp.topic == settings.person_topic]
         ctx.updater.drop_partitions(parts)
 

@@ -7,6 +7,7 @@ worker never import torch (model commands import it when they run).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sys
 from importlib.util import find_spec
@@ -121,10 +122,8 @@ def broker(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with EmbeddedBroker(port=port) as b:
         typer.echo(f"embedded broker on {b.url} (memory storage: data is lost on stop); Ctrl-C stops it")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
 
 
 @app.command()

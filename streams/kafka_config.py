@@ -6,6 +6,7 @@ their TLS/SASL options from here, so a setting means the same for both.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from typing import Any
 
@@ -81,10 +82,8 @@ def ensure_topics(settings: Settings, topics: dict[str, int]) -> None:
         existing = set(admin.list_topics())
         missing = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 

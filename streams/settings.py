@@ -10,7 +10,7 @@ Secrets are ``SecretStr`` and print as ``**********``.
 from __future__ import annotations
 
 import os
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,7 +22,7 @@ ENV_PREFIX = "INTEREST_"
 _NOT_SETTINGS = ("INTEREST_TEST_",)
 
 
-class KafkaSecurity(str, Enum):
+class KafkaSecurity(StrEnum):
     PLAINTEXT = "PLAINTEXT"
     SSL = "SSL"
     SASL_PLAINTEXT = "SASL_PLAINTEXT"

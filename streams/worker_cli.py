@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -32,6 +33,7 @@ def run_worker(settings: object) -> None:
 
     assert isinstance(settings, Settings)
     configure_logging(settings.log_level)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     ensure_topics(settings, worker_topics(settings))
     app, _ = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
@@ -51,3 +53,25 @@ def register(app: typer.Typer) -> None:
         """Run the stream worker: raw topics -> person topic -> vectors -> store."""
         settings = settings_or_exit(broker_url=broker, store_url=store, registry=registry, web_port=web_port)
         run_worker(settings)
+
+    register_demo(app)
+
+
+def register_demo(app: typer.Typer) -> None:
+    from streams.cli import settings_or_exit
+
+    @app.command()
+    def demo(
+        seconds: Annotated[float, typer.Option(help="How long to produce live traffic")] = 30.0,
+        rate: Annotated[float, typer.Option(help="Events per second")] = 500.0,
+        users: Annotated[int, typer.Option(help="Synthetic people")] = 2000,
+        items: Annotated[int, typer.Option(help="Synthetic items")] = 3000,
+        seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+        data_dir: Annotated[str, typer.Option(help="Where the store, registry and logs go")] = "data/demo",
+    ) -> None:
+        """Run everything on embedded defaults: broker, first model, worker, live traffic, live view."""
+        from streams.demo import run_demo
+
+        settings = settings_or_exit(data_dir=data_dir, store_url=f"sqlite:///{data_dir}/profiles.db",
+                                    registry=f"{data_dir}/registry")
+        run_demo(settings, seconds, rate, users, items, seed)

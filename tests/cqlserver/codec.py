@@ -35,7 +35,14 @@ _NATIVE_IDS: dict[str, int] = {
 }
 _COLLECTION_IDS = {"list": 0x20, "map": 0x21, "set": 0x22}
 _ALIASES = {"varchar": "text"}
-_INT_FORMATS = {"bigint": ">q", "counter": ">q", "timestamp": ">q", "int": ">i", "smallint": ">h", "tinyint": ">b"}
+_INT_FORMATS = {
+    "bigint": ">q",
+    "counter": ">q",
+    "timestamp": ">q",
+    "int": ">i",
+    "smallint": ">h",
+    "tinyint": ">b",
+}
 _MARSHAL = "org.apache.cassandra.db.marshal."
 _VECTOR_SUBTYPES = {"float": "FloatType", "double": "DoubleType", "int": "Int32Type", "bigint": "LongType"}
 
@@ -170,7 +177,10 @@ def decode(t: CqlType, data: bytes | None) -> Any:
             items.append(None if size < 0 else data[pos : pos + size])
             pos += max(size, 0)
         if name == "map":
-            return {decode(t.params[0], items[i]): decode(t.params[1], items[i + 1]) for i in range(0, len(items), 2)}
+            return {
+                decode(t.params[0], items[i]): decode(t.params[1], items[i + 1])
+                for i in range(0, len(items), 2)
+            }
         return [decode(t.params[0], i) for i in items]
     raise ValueError(f"cannot decode {t}")
 
@@ -180,12 +190,6 @@ def sort_key(t: CqlType, data: bytes) -> Any:
     if t.name in _INT_FORMATS or t.name in ("float", "double", "varint"):
         return decode(t, data)
     return data
-
-
-def vector_size_bytes(t: CqlType) -> int:
-    """Serialized size of a vector of fixed-size elements."""
-    per = {"float": 4, "int": 4, "double": 8, "bigint": 8}[t.params[0].name]
-    return per * t.size
 
 
 def _value(item: bytes | None) -> bytes:

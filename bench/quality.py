@@ -1,0 +1,114 @@
+"""Model quality bar on MovieLens-100K: train + eval, one JSON object, one PNG.
+
+    python -m bench.quality [--out-dir out/quality] [--seed 0] [--time-budget-s 540]
+
+Trains the default ``interest train --movielens`` configuration into a fresh
+registry, evaluates the published version through the ONNX worker runtime
+under the fixed protocol (last item = test, the one before = validation,
+full-catalogue ranking, history masked), and compares with the popularity
+baseline and the public SASRec reference (2 blocks, width 50, max len 200,
+200 epochs, BCE with one negative: NDCG@10 0.101 / HR@10 0.188 on test).
+The bar is NDCG@10 >= 0.111 on test with the epoch chosen on validation only
+and training under 10 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SASREC_REFERENCE = {"ndcg@10": 0.101, "hr@10": 0.188}
+BAR_NDCG = 0.111
+BAR_SECONDS = 600.0
+
+
+def _plot(result: Any, report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    hist = result.history
+    left.plot([h.epoch for h in hist], [h.loss for h in hist], color="tab:blue", label="train loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    twin = left.twinx()
+    scored = [h for h in hist if h.valid]
+    twin.plot([h.epoch for h in scored], [h.valid["ndcg@10"] for h in scored], color="tab:orange",
+              label="valid NDCG@10")  # fmt: skip
+    twin.axvline(result.best_epoch, color="grey", linestyle=":")
+    left.set_title(f"training (best epoch {result.best_epoch}, {result.train_seconds:.0f}s)")
+    left.legend(loc="upper left", fontsize=8)
+    twin.legend(loc="upper right", fontsize=8)
+    names = ["popularity", "SASRec (BCE) ref", "ours"]
+    ndcg = [report["popularity"]["ndcg@10"], SASREC_REFERENCE["ndcg@10"], report["ours"]["ndcg@10"]]
+    hr = [report["popularity"]["hr@10"], SASREC_REFERENCE["hr@10"], report["ours"]["hr@10"]]
+    xs = range(len(names))
+    right.bar([x - 0.2 for x in xs], ndcg, width=0.4, label="NDCG@10")
+    right.bar([x + 0.2 for x in xs], hr, width=0.4, label="HR@10")
+    right.axhline(BAR_NDCG, color="red", linestyle="--", label=f"bar NDCG@10 {BAR_NDCG}")
+    right.set_xticks(list(xs), names)
+    right.set_title("MovieLens-100K test target, full ranking")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", default="out/quality")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-budget-s", type=float, default=None, help="override the default budget")
+    parser.add_argument("--epochs", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    from model.data import load_events, movielens_path
+    from model.evaluate import evaluate_version
+    from model.trainer import TrainConfig, train
+
+    out = Path(args.out_dir)
+    registry = out / f"registry-{int(time.time())}-{os.getpid()}"
+    cfg = TrainConfig(seed=args.seed)
+    if args.time_budget_s is not None:
+        cfg.time_budget_s = args.time_budget_s
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    source = movielens_path()
+    result = train(source, registry, cfg, out_plot=out / "training.png")
+    people = load_events(source)
+    test = evaluate_version(people, str(registry), result.version, target="test", use_gpu="no")
+    valid = evaluate_version(people, str(registry), result.version, target="valid", use_gpu="no")
+    report: dict[str, Any] = {
+        "dataset": "ml-100k",
+        "protocol": "leave-two-out, full ranking, history masked, epoch chosen on validation",
+        "version": result.version,
+        "ours": {"ndcg@10": test["ndcg@10"], "hr@10": test["hr@10"], "users": test["users"]},
+        "ours_valid": {"ndcg@10": valid["ndcg@10"], "hr@10": valid["hr@10"]},
+        "popularity": test["popularity"],
+        "sasrec_reference": SASREC_REFERENCE,
+        "train_seconds": round(result.train_seconds, 1),
+        "total_seconds": round(result.total_seconds, 1),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped": result.stopped,
+        "cpu_count": os.cpu_count(),
+        "config": {k: v for k, v in cfg.__dict__.items() if k != "progress"},
+        "bar": {"ndcg@10": BAR_NDCG, "train_seconds": BAR_SECONDS},
+    }
+    report["passed"] = bool(report["ours"]["ndcg@10"] >= BAR_NDCG and result.train_seconds < BAR_SECONDS)
+    _plot(result, report, out / "quality.png")
+    report["plot"] = str(out / "quality.png")
+    print(json.dumps(report, sort_keys=True), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

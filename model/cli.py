@@ -1,0 +1,198 @@
+"""``interest train``, ``interest eval`` and ``interest models ...`` for the project's typer app.
+
+``register(app)`` adds the commands; it imports nothing heavy.  torch,
+transformers and onnx are imported inside the command bodies only, so the
+worker (which builds the same CLI app) never loads torch just to start.
+Every command prints JSON on stdout (one line for ``train``) so scripts can
+parse it; progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+DEFAULT_REGISTRY = os.environ.get("INTEREST_REGISTRY", "data/registry")
+
+
+def _events_source(events: Path | None, movielens: bool) -> Path:
+    from model.data import movielens_path
+
+    if movielens:
+        return movielens_path()
+    if events is None:
+        raise typer.BadParameter("give --events FILE or --movielens")
+    return events
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def train_cmd(
+    events: Path | None = typer.Option(None, "--events", help="CSV / JSON-lines / .inter events file"),
+    movielens: bool = typer.Option(False, "--movielens", help="Use the MovieLens-100K file shipped with recbole"),
+    registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry", help="Model registry directory"),
+    from_version: str | None = typer.Option(None, "--from", help="Warm-start from this published version"),
+    epochs: int = typer.Option(200, "--epochs", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    dim: int = typer.Option(64, "--dim", min=2, help="Interest vector dimension"),
+    width: int = typer.Option(64, "--width", min=8, help="Transformer hidden width"),
+    layers: int = typer.Option(2, "--layers", min=1),
+    heads: int = typer.Option(2, "--heads", min=1),
+    max_len: int = typer.Option(200, "--max-len", min=2, help="Events per sequence the model reads"),
+    batch_size: int = typer.Option(128, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    dropout: float = typer.Option(0.2, "--dropout", min=0.0, max=0.9),
+    negatives: int = typer.Option(-1, "--negatives", help="0 full softmax, N sampled, -1 auto by catalogue size"),
+    patience: int = typer.Option(30, "--patience", min=1, help="Stop after this many epochs without improvement"),
+    time_budget_s: float | None = typer.Option(None, "--time-budget-s", help="Stop training after this long"),
+    time_unit: str | None = typer.Option(None, "--time-unit", help="s|ms|us|ns (default: auto-detect)"),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads (default min(2, cores))"),
+    out_plot: Path | None = typer.Option(None, "--out-plot", help="PNG of loss and validation curves"),
+    force: bool = typer.Option(False, "--force", help="Publish even if worse than the promoted version"),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="Promote the new version"),
+) -> None:
+    """Train (or fine-tune) the encoder, export ONNX, verify, publish; prints one JSON line."""
+    from model.registry import ModelRejected
+    from model.trainer import TrainConfig, train
+
+    source = _events_source(events, movielens)
+    defaults = TrainConfig()
+    cfg = TrainConfig(
+        epochs=epochs, seed=seed, dim=dim, width=width, layers=layers, heads=heads, max_len=max_len,
+        batch_size=batch_size, lr=lr, dropout=dropout, negatives=negatives, patience=patience,
+        time_budget_s=time_budget_s, threads=threads, hash_buckets=defaults.hash_buckets,
+    )  # fmt: skip
+    try:
+        result = train(
+            source, registry, cfg, from_version=from_version, time_unit=time_unit,
+            out_plot=out_plot, force=force, promote=promote,
+        )  # fmt: skip
+    except (ModelRejected, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(json.dumps(result.summary(), sort_keys=True))
+
+
+def eval_cmd(
+    events: Path | None = typer.Option(None, "--events", help="CSV / JSON-lines / .inter events file"),
+    movielens: bool = typer.Option(False, "--movielens", help="Use the MovieLens-100K file shipped with recbole"),
+    registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry"),
+    version: str | None = typer.Option(None, "--version", help="Version to evaluate (default: promoted)"),
+    target: str = typer.Option("test", "--target", help="test (last event) or valid (the one before)"),
+    time_unit: str | None = typer.Option(None, "--time-unit"),
+) -> None:
+    """NDCG@10 / HR@10 of a version through the ONNX runtime, with a popularity baseline."""
+    from model.data import load_events
+    from model.evaluate import evaluate_version
+    from model.registry import ModelRejected
+
+    if target not in ("test", "valid"):
+        _fail("--target must be test or valid")
+    try:
+        people = load_events(_events_source(events, movielens), time_unit)
+        report = evaluate_version(people, str(registry), version, target=target)  # type: ignore[arg-type]
+    except (ModelRejected, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(json.dumps(report, sort_keys=True))
+
+
+def _summary(manifest: dict[str, Any], promoted: str | None) -> dict[str, Any]:
+    return {
+        "version": manifest.get("version"),
+        "promoted": manifest.get("version") == promoted,
+        "parent": manifest.get("parent"),
+        "created": manifest.get("created"),
+        "dimension": manifest.get("dimension"),
+        "metrics": manifest.get("metrics", {}),
+    }
+
+
+def models_list(registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry")) -> None:
+    """Published versions, oldest first, one JSON object per line."""
+    from model.registry import ModelRejected, Registry
+
+    reg = Registry(registry)
+    promoted = reg.promoted()
+    for version in reg.versions():
+        try:
+            typer.echo(json.dumps(_summary(reg.manifest(version), promoted), sort_keys=True))
+        except ModelRejected as exc:
+            typer.echo(json.dumps({"version": version, "error": str(exc)}))
+
+
+def models_show(
+    version: str = typer.Argument(None, help="Version (default: promoted)"),
+    registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry"),
+    verify: bool = typer.Option(False, "--verify", help="Also run the full verification"),
+) -> None:
+    """A version's manifest (without the bulky reference tensors)."""
+    from model.registry import ModelRejected, Registry
+
+    reg = Registry(registry)
+    try:
+        chosen = reg.resolve(version)
+        manifest = reg.verify(chosen) if verify else reg.manifest(chosen)
+    except ModelRejected as exc:
+        _fail(exc.reason)
+        return
+    manifest = {k: v for k, v in manifest.items() if k != "reference"}
+    manifest["promoted"] = chosen == reg.promoted()
+    typer.echo(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def models_promote(
+    version: str = typer.Argument(..., help="Version to promote"),
+    registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry"),
+) -> None:
+    """Verify and promote a version (workers pick it up on their next model check)."""
+    from model.registry import ModelRejected, Registry
+
+    reg = Registry(registry)
+    try:
+        reg.promote(version)
+    except ModelRejected as exc:
+        _fail(exc.reason)
+    typer.echo(json.dumps({"promoted": version}))
+
+
+def models_rollback(registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry")) -> None:
+    """Re-promote the previously promoted version."""
+    from model.registry import ModelRejected, Registry
+
+    try:
+        version = Registry(registry).rollback()
+    except ModelRejected as exc:
+        _fail(exc.reason)
+        return
+    typer.echo(json.dumps({"promoted": version, "rolled_back": True}))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``eval`` and the ``models`` group to the project's typer app."""
+    app.command("train")(train_cmd)
+    app.command("eval")(eval_cmd)
+    models = typer.Typer(help="List, inspect, promote and roll back model versions.", no_args_is_help=True)
+    models.command("list")(models_list)
+    models.command("show")(models_show)
+    models.command("promote")(models_promote)
+    models.command("rollback")(models_rollback)
+    app.add_typer(models, name="models")
+
+
+def main() -> None:  # pragma: no cover - convenience for `python -m model.cli`
+    app = typer.Typer(no_args_is_help=True)
+    register(app)
+    app(args=sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

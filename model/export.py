@@ -1,0 +1,181 @@
+"""ONNX export of the encoder and item tower, with a parity gate that fails loudly.
+
+Two graphs are exported:
+
+* ``model.onnx``: sequence inputs (``spec.input_names()``, int64 ``[batch,
+  seq]``, both axes dynamic) -> ``interest`` float32 ``[batch, dim]``;
+* ``item_model.onnx``: ``item_hash_k`` int64 ``[n]`` -> ``item_vector``
+  float32 ``[n, dim]``, so a worker or query service can embed any item id
+  without torch;
+
+plus ``model_fp16.onnx`` (weights and activations in float16, float32 output)
+for GPU workers.  The opset and IR version are pinned to what the installed
+onnxruntime loads, and every file is re-loaded and compared with PyTorch on
+random and real sequences: a max abs difference of ``PARITY_TOL`` or more
+raises :class:`ExportError` and nothing is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from model.encoder import InterestEncoder
+from model.features import FeatureSpec, featurize, item_inputs
+from schemas.sequence import SeqEvent
+
+OPSET = 18
+IR_VERSION = 10
+PARITY_TOL = 1e-4
+FP16_TOL = 2e-2
+OUTPUT = "interest"
+ITEM_OUTPUT = "item_vector"
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not reproduce the PyTorch model; do not publish it."""
+
+
+class _ItemTower(nn.Module):
+    def __init__(self, model: InterestEncoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *hashes: torch.Tensor) -> torch.Tensor:
+        return self.model.item_vectors(*hashes)
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], output: str,
+            axes: dict[int, str], path: Path) -> None:
+    """TorchScript-based export: mature, deterministic, and handles the dynamic axes we need."""
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=names,
+            output_names=[output],
+            dynamic_axes={**{n: axes for n in names}, output: {0: axes[0]}},
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    proto = onnx.load(str(path))
+    proto.ir_version = IR_VERSION  # what onnxruntime 1.2x/1.3x loads everywhere
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def cpu_session(path: str | Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def random_sequences(spec: FeatureSpec, count: int, seed: int) -> list[list[SeqEvent]]:
+    """Random event sequences of varied length (1..max_len), unseen item ids included."""
+    rng = np.random.default_rng(seed)
+    platforms = [*spec.platforms, "brand-new-platform"]
+    actions = [*spec.actions, "share"]
+    out: list[list[SeqEvent]] = []
+    for b in range(count):
+        length = int(rng.integers(1, spec.max_len + 1))
+        stamps = np.cumsum(rng.integers(0, 10**8, size=length))
+        out.append([
+            SeqEvent(f"r{b}-{i}", int(stamps[i]), f"item-{int(rng.integers(0, 10**6))}",
+                     actions[int(rng.integers(len(actions)))], platforms[int(rng.integers(len(platforms)))])
+            for i in range(length)
+        ])  # fmt: skip
+    return out
+
+
+def torch_person(model: InterestEncoder, feats: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        return model(*(torch.from_numpy(feats[n]) for n in model.spec.input_names())).numpy()
+
+
+def check_parity(
+    model: InterestEncoder,
+    model_path: Path,
+    item_path: Path,
+    real: Sequence[Sequence[SeqEvent]],
+    item_ids: Sequence[str],
+    tol: float = PARITY_TOL,
+) -> dict[str, float]:
+    """Max abs diff ONNX vs PyTorch on random + real sequences and items; raises above ``tol``."""
+    model.eval()
+    spec = model.spec
+    sess, item_sess = cpu_session(model_path), cpu_session(item_path)
+    report: dict[str, float] = {}
+    batches = {"random": random_sequences(spec, 64, seed=7), "real": list(real)[:256]}
+    for label, seqs in batches.items():
+        if not seqs:
+            continue
+        feats = featurize(seqs, spec)
+        got = sess.run([OUTPUT], feats)[0]
+        report[label] = float(np.abs(got - torch_person(model, feats)).max())
+    ids = [*list(item_ids)[:512], "never-seen-item", "another-new-one"]
+    inputs = item_inputs(ids, spec)
+    with torch.no_grad():
+        expect = model.item_vectors(*(torch.from_numpy(inputs[n]) for n in spec.item_input_names())).numpy()
+    report["items"] = float(np.abs(item_sess.run([ITEM_OUTPUT], inputs)[0] - expect).max())
+    worst = max(report.values())
+    if not np.isfinite(worst) or worst >= tol:
+        raise ExportError(f"ONNX/PyTorch parity failed: max abs diff {report} (tolerance {tol})")
+    return report
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """float16 weights/activations with float32 outputs (inputs are int64 anyway)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False)
+    proto.ir_version = IR_VERSION
+    onnx.save(proto, str(dst))
+
+
+def check_fp16(fp32_path: Path, fp16_path: Path, spec: FeatureSpec) -> float:
+    """Max abs diff fp16 vs fp32 graph on random sequences (loose tolerance: fp16 rounding)."""
+    feats = featurize(random_sequences(spec, 32, seed=11), spec)
+    ref = cpu_session(fp32_path).run([OUTPUT], feats)[0]
+    got = cpu_session(fp16_path).run([OUTPUT], feats)[0]
+    diff = float(np.abs(got - ref).max())
+    if not np.isfinite(diff) or diff >= FP16_TOL:
+        raise ExportError(f"fp16 model diverges from fp32: max abs diff {diff} (tolerance {FP16_TOL})")
+    return diff
+
+
+def export_all(
+    model: InterestEncoder,
+    out_dir: Path,
+    real: Sequence[Sequence[SeqEvent]] = (),
+    item_ids: Sequence[str] = (),
+    fp16: bool = True,
+) -> dict[str, object]:
+    """Write model.onnx, item_model.onnx (+ model_fp16.onnx) into ``out_dir`` and check them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    spec = model.spec
+    sample = featurize(random_sequences(spec, 3, seed=3), spec)
+    args = tuple(torch.from_numpy(sample[n]) for n in spec.input_names())
+    _export(model, args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, out_dir / "model.onnx")
+    items = item_inputs(["a", "b", "c"], spec)
+    item_args = tuple(torch.from_numpy(items[n]) for n in spec.item_input_names())
+    _export(_ItemTower(model), item_args, spec.item_input_names(), ITEM_OUTPUT, {0: "n"}, out_dir / "item_model.onnx")
+    parity = check_parity(model, out_dir / "model.onnx", out_dir / "item_model.onnx", real, item_ids)
+    info: dict[str, object] = {"opset": OPSET, "ir_version": IR_VERSION, "parity_max_abs_diff": parity}
+    if fp16:
+        convert_fp16(out_dir / "model.onnx", out_dir / "model_fp16.onnx")
+        info["fp16_max_abs_diff"] = check_fp16(out_dir / "model.onnx", out_dir / "model_fp16.onnx", spec)
+    return info

@@ -1,0 +1,275 @@
+"""Model registry: immutable, checksummed versions in a directory (torch-free).
+
+Layout under ``root``::
+
+    <version>/model.onnx          sequence encoder (float32)
+    <version>/model_fp16.onnx     same graph in float16 for GPU workers (optional)
+    <version>/item_model.onnx     item tower: any item id -> vector
+    <version>/items.npz           item index: ids + vectors of the training catalogue
+    <version>/weights.npz         PyTorch weights for warm starts (``--from``)
+    <version>/manifest.json       everything else (see ``publish``)
+    PROMOTED                      {"version": ..., "history": [...]} replaced atomically
+    promotions.log                append-only audit trail of promote/rollback
+    .staging-*                    half-written versions; never listed, never loaded
+
+Why this shape: a version directory appears in one ``os.rename`` of a fully
+written and verified staging directory inside the same root (same file
+system, so the rename is atomic), and ``PROMOTED`` is replaced with
+``os.replace``: a reader sees the old state or the new one, never a mix.
+Workers call :meth:`Registry.verify` before swapping a model in, so a
+corrupted copy (sha mismatch), a wrong shape or a non-finite output is
+refused with a :class:`ModelRejected` naming the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+PROMOTED = "PROMOTED"
+STAGING_PREFIX = ".staging-"
+GATE_METRIC = "ndcg@10"
+
+
+class ModelRejected(Exception):
+    """A version failed a check; ``reason`` says which and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write next to the target, fsync, then ``os.replace``: all or nothing."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _valid_metric(manifest: Mapping[str, Any]) -> float | None:
+    value = manifest.get("metrics", {}).get("valid", {}).get(GATE_METRIC)
+    return None if value is None else float(value)
+
+
+class Registry:
+    """A directory of model versions plus the promoted pointer."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # -- reading ----------------------------------------------------------
+    def versions(self) -> list[str]:
+        """Complete versions (those with a manifest), oldest first (names sort by time)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )  # fmt: skip
+
+    def _pointer(self) -> dict[str, Any]:
+        path = self.root / PROMOTED
+        if not path.is_file():
+            return {"version": None, "history": []}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {"version": data.get("version"), "history": list(data.get("history", []))}
+
+    def promoted(self) -> str | None:
+        return self._pointer()["version"]
+
+    def history(self) -> list[str]:
+        """Previously promoted versions, oldest first (what ``rollback`` returns to)."""
+        return list(self._pointer()["history"])
+
+    def path(self, version: str) -> Path:
+        if not version or "/" in version or version.startswith("."):
+            raise ModelRejected(f"invalid version name {version!r}")
+        return self.root / version
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        path = self.path(version) / MANIFEST
+        if not path.is_file():
+            raise ModelRejected(f"version {version} has no manifest (missing or half-written)")
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
+
+    def model_path(self, version: str, fp16: bool = False) -> Path:
+        return self.path(version) / ("model_fp16.onnx" if fp16 else "model.onnx")
+
+    def item_model_path(self, version: str) -> Path:
+        return self.path(version) / "item_model.onnx"
+
+    def item_index(self, version: str) -> tuple[list[str], np.ndarray]:
+        with np.load(self.path(version) / "items.npz", allow_pickle=False) as data:
+            return [str(i) for i in data["ids"]], np.asarray(data["vectors"], dtype=np.float32)
+
+    def resolve(self, version: str | None) -> str:
+        """``version`` itself, or the promoted one when None."""
+        chosen = version or self.promoted()
+        if chosen is None:
+            raise ModelRejected(f"no version given and none promoted in {self.root}")
+        return chosen
+
+    # -- checking ---------------------------------------------------------
+    def verify(self, version: str) -> dict[str, Any]:
+        """Check a version end to end; returns its manifest or raises :class:`ModelRejected`."""
+        return verify_dir(self.path(version))
+
+    # -- writing ----------------------------------------------------------
+    def _new_version_name(self, sha: str) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        name = f"v{stamp}-{sha[:8]}"
+        n = 1
+        while (self.root / name).exists():
+            n += 1
+            name = f"v{stamp}-{sha[:8]}-{n}"
+        return name
+
+    def publish(
+        self,
+        files: Mapping[str, str | os.PathLike[str]],
+        manifest: Mapping[str, Any],
+        *,
+        promote: bool = True,
+        force: bool = False,
+        tolerance: float = 0.005,
+        baseline: float | None = None,
+    ) -> str:
+        """Copy ``files`` into a new version, verify it, and make it visible atomically.
+
+        ``files`` maps file names (``model.onnx``, ``item_model.onnx``,
+        ``items.npz``, ...) to sources.  ``manifest`` carries the caller's
+        fields (dimension, features, inputs, reference, metrics, ...); version,
+        parent, created and checksums are filled in here.  If the new
+        validation NDCG@10 is worse than ``baseline`` (default: the promoted
+        version's recorded one) by more than ``tolerance``, the publish is
+        refused with :class:`ModelRejected` unless ``force``.
+        """
+        if "model.onnx" not in files:
+            raise ValueError("a version needs model.onnx")
+        self.root.mkdir(parents=True, exist_ok=True)
+        parent = self.promoted()
+        new_score = _valid_metric(manifest)
+        if baseline is None and parent is not None:
+            try:
+                baseline = _valid_metric(self.manifest(parent))
+            except ModelRejected:
+                baseline = None
+        if not force and baseline is not None and new_score is not None and new_score < baseline - tolerance:
+            raise ModelRejected(
+                f"validation {GATE_METRIC} {new_score:.4f} is worse than the promoted version's "
+                f"{baseline:.4f} by more than {tolerance}; use force to publish anyway"
+            )
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+        try:
+            sums = {}
+            for name, src in files.items():
+                dst = staging / name
+                shutil.copyfile(src, dst)
+                sums[name] = sha256_file(dst)
+            version = self._new_version_name(sums["model.onnx"])
+            full = dict(manifest)
+            full.update(
+                version=version,
+                parent=parent,
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                sha256=sums["model.onnx"],
+                files=sums,
+            )
+            (staging / MANIFEST).write_text(json.dumps(full, indent=1, sort_keys=True), encoding="utf-8")
+            verify_dir(staging)
+            for entry in staging.iterdir():
+                with entry.open("rb") as handle:
+                    os.fsync(handle.fileno())
+            _fsync_dir(staging)
+            os.rename(staging, self.root / version)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if promote:
+            self.promote(version)
+        return version
+
+    def _set_pointer(self, version: str, history: list[str], action: str) -> None:
+        body = {"version": version, "history": history, "updated": time.time()}
+        _write_atomic(self.root / PROMOTED, json.dumps(body, indent=1))
+        with (self.root / "promotions.log").open("a", encoding="utf-8") as log:
+            log.write(json.dumps({"action": action, "version": version, "at": body["updated"]}) + "\n")
+
+    def promote(self, version: str) -> None:
+        """Point ``PROMOTED`` at a verified version, remembering the previous one for rollback."""
+        self.verify(version)
+        pointer = self._pointer()
+        history = pointer["history"]
+        if pointer["version"] and pointer["version"] != version:
+            history = [*history, pointer["version"]]
+        self._set_pointer(version, history, "promote")
+
+    def rollback(self) -> str:
+        """Re-promote the previously promoted version; returns it."""
+        pointer = self._pointer()
+        history = list(pointer["history"])
+        while history:
+            candidate = history.pop()
+            if candidate != pointer["version"] and (self.root / candidate / MANIFEST).is_file():
+                self.verify(candidate)
+                self._set_pointer(candidate, history, "rollback")
+                return candidate
+        raise ModelRejected("nothing to roll back to: no earlier promoted version")
+
+    def cleanup_staging(self, older_than_s: float = 3600.0) -> int:
+        """Remove staging directories left by crashed publishes; returns how many."""
+        removed = 0
+        now = time.time()
+        for entry in self.root.glob(STAGING_PREFIX + "*"):
+            if now - entry.stat().st_mtime > older_than_s:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+def verify_dir(directory: Path) -> dict[str, Any]:
+    """Checks behind :meth:`Registry.verify`, on any version directory (also staging)."""
+    from model.checks import check_version_dir
+
+    return check_version_dir(directory)

@@ -1,0 +1,403 @@
+"""The embedded SQLite profile store: the zero-setup default.
+
+Why it looks the way it does:
+
+* One connection owned by one dedicated thread: SQLite connections are not
+  meant to be shared across threads, and a single writer never fights itself
+  for the database lock; the asyncio side just awaits that thread.
+* WAL journal: readers (the query CLI, another process) do not block the
+  worker's writes.  ``synchronous=FULL`` by default because ``write_batch``
+  promises durability before the worker commits Kafka offsets.
+* One transaction per ``write_batch`` with ``executemany``: all-or-nothing,
+  and thousands of rows cost one commit.
+* Last-write-wins in SQL (``ON CONFLICT ... DO UPDATE ... WHERE
+  excluded.write_ts >= table.write_ts``) and tombstone tables checked by every
+  upsert, so the semantics match Cassandra's ``USING TIMESTAMP`` without a
+  read-modify-write round trip in Python.  As in Cassandra a delete at ``T``
+  shadows writes with ``write_ts <= T``; ``write_ts`` is in microseconds (an
+  erasure at ``erased_ms`` deletes at ``erased_ms * 1000``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from operator import attrgetter
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+
+from schemas.sequence import ErasureMarker, PersonState, Profile, SeqEvent
+from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
+
+T = TypeVar("T")
+INIT_HINT = "run `interest store init`"
+_CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sequences (
+    person_id TEXT PRIMARY KEY, events BLOB NOT NULL, event_count INTEGER NOT NULL,
+    first_ts_ms INTEGER NOT NULL, last_ts_ms INTEGER NOT NULL, platforms BLOB NOT NULL,
+    write_ts INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS profiles (
+    person_id TEXT NOT NULL, model_version TEXT NOT NULL, vector BLOB NOT NULL,
+    event_count INTEGER NOT NULL, first_ts_ms INTEGER NOT NULL, last_ts_ms INTEGER NOT NULL,
+    platforms BLOB NOT NULL, write_ts INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (person_id, model_version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS profiles_by_version ON profiles (model_version);
+CREATE TABLE IF NOT EXISTS identity_links (
+    anon_person_id TEXT PRIMARY KEY, person_id TEXT NOT NULL, ts_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS links_by_person ON identity_links (person_id);
+CREATE TABLE IF NOT EXISTS person_tombstones (person_id TEXT PRIMARY KEY, delete_ts INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS link_tombstones (anon_person_id TEXT PRIMARY KEY, delete_ts INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS erasures (
+    person_id TEXT PRIMARY KEY, erased_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+_TABLES = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)
+_COUNTS = attrgetter("event_count", "first_ts_ms", "last_ts_ms")
+
+_SEQ_COLS = "person_id, events, event_count, first_ts_ms, last_ts_ms, platforms, write_ts"
+_PROFILE_COLS = (
+    "person_id, model_version, vector, event_count, first_ts_ms, last_ts_ms, platforms, write_ts, updated_ms"
+)
+_UPSERT_STATE = f"""
+INSERT INTO sequences ({_SEQ_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+WHERE NOT EXISTS (SELECT 1 FROM person_tombstones WHERE person_id = ?1 AND delete_ts >= ?7)
+ON CONFLICT (person_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count,
+    first_ts_ms = excluded.first_ts_ms, last_ts_ms = excluded.last_ts_ms, platforms = excluded.platforms,
+    write_ts = excluded.write_ts
+WHERE excluded.write_ts >= sequences.write_ts"""
+_UPSERT_PROFILE = f"""
+INSERT INTO profiles ({_PROFILE_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+WHERE NOT EXISTS (SELECT 1 FROM person_tombstones WHERE person_id = ?1 AND delete_ts >= ?8)
+ON CONFLICT (person_id, model_version) DO UPDATE SET vector = excluded.vector,
+    event_count = excluded.event_count, first_ts_ms = excluded.first_ts_ms, last_ts_ms = excluded.last_ts_ms,
+    platforms = excluded.platforms, write_ts = excluded.write_ts, updated_ms = excluded.updated_ms
+WHERE excluded.write_ts >= profiles.write_ts"""
+_UPSERT_LINK = """
+INSERT INTO identity_links (anon_person_id, person_id, ts_ms) SELECT ?1, ?2, ?3
+WHERE NOT EXISTS (SELECT 1 FROM link_tombstones WHERE anon_person_id = ?1 AND delete_ts >= ?3 * 1000)
+ON CONFLICT (anon_person_id) DO UPDATE SET person_id = excluded.person_id, ts_ms = excluded.ts_ms
+WHERE excluded.ts_ms >= identity_links.ts_ms"""
+_TOMBSTONE_PERSON = """
+INSERT INTO person_tombstones (person_id, delete_ts) VALUES (?, ?)
+ON CONFLICT (person_id) DO UPDATE SET delete_ts = max(delete_ts, excluded.delete_ts)"""
+_TOMBSTONE_LINK = """
+INSERT INTO link_tombstones (anon_person_id, delete_ts) VALUES (?, ?)
+ON CONFLICT (anon_person_id) DO UPDATE SET delete_ts = max(delete_ts, excluded.delete_ts)"""
+
+_SQL = {
+    "states_in": f"SELECT {_SEQ_COLS} FROM sequences WHERE person_id IN",
+    "erasures_in": "SELECT person_id, erased_ms, expires_ms FROM erasures WHERE person_id IN",
+    "links_in": "SELECT anon_person_id, person_id FROM identity_links WHERE anon_person_id IN",
+    "profile": f"SELECT {_PROFILE_COLS} FROM profiles WHERE person_id = ? AND model_version = ?",
+    "profiles": f"SELECT {_PROFILE_COLS} FROM profiles WHERE person_id = ? "
+    "ORDER BY write_ts DESC, model_version",
+    "vectors": "SELECT person_id, vector FROM profiles WHERE model_version = ?",
+    "states_after": f"SELECT {_SEQ_COLS} FROM sequences WHERE person_id > ? ORDER BY person_id LIMIT ?",
+    "count_profiles": "SELECT count(*) FROM profiles WHERE model_version = ?",
+    "links_of": "SELECT anon_person_id FROM identity_links WHERE (person_id = ?1 OR anon_person_id = ?1) "
+    "AND ts_ms * 1000 <= ?2",
+}
+_UPSERT_ERASURE = """
+INSERT INTO erasures (person_id, erased_ms, expires_ms) VALUES (?, ?, ?) ON CONFLICT (person_id)
+DO UPDATE SET erased_ms = max(erased_ms, excluded.erased_ms), expires_ms = excluded.expires_ms"""
+
+
+# -- record encoding shared by the backends ----------------------------------
+def pack_events(events: Sequence[SeqEvent]) -> bytes:
+    """A sequence as compact JSON rows: ``[[event_id, ts_ms, item_id, action, platform, weight], ...]``."""
+    return orjson.dumps([[e.event_id, e.ts_ms, e.item_id, e.action, e.platform, e.weight] for e in events])
+
+
+def unpack_events(raw: bytes) -> list[SeqEvent]:
+    return [SeqEvent(r[0], r[1], r[2], r[3], r[4], float(r[5])) for r in orjson.loads(raw)]
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    """Little-endian float32, the on-disk form of a vector (SQLite and the Cassandra blob fallback)."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def vector_from_bytes(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def top_k(
+    ids: Sequence[str], matrix: np.ndarray, query: np.ndarray, k: int, exclude: Sequence[str] = ()
+) -> list[tuple[str, float]]:
+    """Top-k rows of ``matrix`` by dot product with ``query`` (ties broken by id), skipping ``exclude``."""
+    if k <= 0 or not len(ids):
+        return []
+    scores = matrix @ np.asarray(query, dtype=np.float32).reshape(-1)
+    skip = set(exclude)
+    want = min(len(ids), k + len(skip))
+    best = np.argpartition(-scores, want - 1)[:want] if want < len(ids) else np.arange(len(ids))
+    ranked = sorted(
+        ((ids[i], float(scores[i])) for i in best if ids[i] not in skip), key=lambda p: (-p[1], p[0])
+    )
+    return ranked[:k]
+
+
+def _state_from_row(row: Sequence[Any]) -> PersonState:
+    return PersonState(row[0], unpack_events(row[1]), row[2], row[3], row[4], orjson.loads(row[5]), row[6])
+
+
+def _profile_from_row(row: Sequence[Any]) -> Profile:
+    pid, version, vector, count, first, last, platforms, write_ts, updated_ms = row
+    vec = vector_from_bytes(vector)
+    return Profile(pid, version, vec, count, first, last, orjson.loads(platforms), write_ts, updated_ms)
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    unique = list(dict.fromkeys(items))
+    for start in range(0, len(unique), _CHUNK):
+        yield unique[start : start + _CHUNK]
+
+
+class SqliteStore:
+    """``ProfileStore`` on one SQLite file (``:memory:`` works too, for tests)."""
+
+    url_scheme = "sqlite"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        erasure_retention_days: int = 30,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "FULL",
+    ) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"sqlite synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = path
+        self.retention_ms = erasure_retention_days * 86_400_000
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous.upper()
+        self._conn: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._dim: int | None = None
+
+    # -- plumbing ----------------------------------------------------------
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on the store's thread, translating SQLite errors."""
+        if self._thread is None or self._conn is None:
+            raise StoreError("the SQLite store is not open: await store.open() first")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, partial(self._guarded, fn, *args)
+        )
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._conn is not None
+        try:
+            return fn(self._conn, *args)
+        except sqlite3.DatabaseError as exc:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+            raise _translate(exc, self.path) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(parent, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return conn
+
+    async def _ensure_connected(self) -> None:
+        if self._conn is not None:
+            return
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(self._thread, self._connect)
+        except (sqlite3.Error, OSError) as exc:
+            self._thread.shutdown(wait=False)
+            self._thread = None
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    # -- lifecycle ---------------------------------------------------------
+    async def open(self) -> None:
+        await self._ensure_connected()
+        self._dim = await self._call(_check_schema, self.path)
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        if self._conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._conn.close)
+        self._thread.shutdown(wait=True)
+        self._conn, self._thread = None, None
+
+    async def init_schema(self, vector_dim: int) -> None:
+        """Create the tables if missing; the store is open afterwards."""
+        await self._ensure_connected()
+        await self._call(_init_schema, vector_dim)
+        await self.open()
+
+    # -- worker hot path ---------------------------------------------------
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return await self._call(_query, sql, params)
+
+    async def load_states(self, person_ids: Sequence[str]) -> dict[str, PersonState]:
+        rows = await self._call(_select_in, _SQL["states_in"], person_ids)
+        return {row[0]: _state_from_row(row) for row in rows}
+
+    async def load_erasures(self, person_ids: Sequence[str]) -> dict[str, ErasureMarker]:
+        now_ms = int(time.time() * 1000)
+        rows = await self._call(_select_in, _SQL["erasures_in"], person_ids)
+        return {r[0]: ErasureMarker(r[0], r[1]) for r in rows if r[2] > now_ms}
+
+    async def resolve_links(self, anon_person_ids: Sequence[str]) -> dict[str, str]:
+        return {r[0]: r[1] for r in await self._call(_select_in, _SQL["links_in"], anon_person_ids)}
+
+    async def write_batch(self, batch: StoreBatch) -> None:
+        for p in batch.profiles:
+            if self._dim is not None and p.vector.size != self._dim:
+                raise ValueError(
+                    f"profile of {p.person_id} has a {p.vector.size}-dim vector; "
+                    f"the store was initialised with --dim {self._dim}"
+                )
+        states = [
+            (s.person_id, pack_events(s.events), *_COUNTS(s), orjson.dumps(s.platforms), s.write_ts)
+            for s in batch.states
+        ]
+        profiles = [
+            (p.person_id, p.model_version, vector_bytes(p.vector), *_COUNTS(p), orjson.dumps(p.platforms))
+            + (p.write_ts, p.updated_ms)
+            for p in batch.profiles
+        ]
+        links = [(link.anon_person_id, link.person_id, link.ts_ms) for link in batch.links]
+        await self._call(_write, states, profiles, links, list(batch.removed_states))
+
+    # -- queries -----------------------------------------------------------
+    async def get_profile(self, person_id: str, model_version: str) -> Profile | None:
+        rows = await self._rows(_SQL["profile"], (person_id, model_version))
+        return _profile_from_row(rows[0]) if rows else None
+
+    async def get_profiles(self, person_id: str) -> list[Profile]:
+        return [_profile_from_row(r) for r in await self._rows(_SQL["profiles"], (person_id,))]
+
+    async def nearest_people(
+        self, vector: np.ndarray, model_version: str, k: int, exclude: Sequence[str] = ()
+    ) -> list[tuple[str, float]]:
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        rows = [r for r in await self._rows(_SQL["vectors"], (model_version,)) if len(r[1]) == 4 * query.size]
+        if not rows:
+            return []
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), query.size)
+        return top_k([r[0] for r in rows], matrix, query, k, exclude)
+
+    async def iter_states(self, after: str | None, limit: int) -> list[PersonState]:
+        rows = await self._rows(_SQL["states_after"], (after if after is not None else "", limit))
+        return [_state_from_row(r) for r in rows]
+
+    async def count_profiles(self, model_version: str) -> int:
+        return int((await self._rows(_SQL["count_profiles"], (model_version,)))[0][0])
+
+    async def count_states(self) -> int:
+        return int((await self._rows("SELECT count(*) FROM sequences", ()))[0][0])
+
+    # -- erasure -----------------------------------------------------------
+    async def forget(self, person_id: str, erased_ms: int) -> ForgetReceipt:
+        expires_ms = int(time.time() * 1000) + self.retention_ms
+        return await self._call(_forget, person_id, erased_ms, expires_ms)
+
+
+# -- functions run on the store thread -----------------------------------------
+def _translate(exc: sqlite3.Error, path: str) -> StoreError:
+    message = str(exc)
+    if "locked" in message or "busy" in message:
+        return StoreUnavailable(f"SQLite database {path} is busy ({message}); retry later")
+    if "no such table" in message:
+        return StoreError(f"SQLite database {path} has no profile tables ({message}); {INIT_HINT}")
+    return StoreError(f"SQLite error on {path}: {message}")
+
+
+def _check_schema(conn: sqlite3.Connection, path: str) -> int | None:
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = [t for t in _TABLES if t not in present]
+    if missing:
+        raise StoreError(f"SQLite database {path} is missing tables {', '.join(missing)}; {INIT_HINT}")
+    row = conn.execute("SELECT value FROM meta WHERE key = 'vector_dim'").fetchone()
+    return int(row[0]) if row else None
+
+
+def _init_schema(conn: sqlite3.Connection, vector_dim: int) -> None:
+    conn.executescript(SCHEMA)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'vector_dim'").fetchone()
+    if row and int(row[0]) != vector_dim:
+        raise StoreError(
+            f"the SQLite store holds {row[0]}-dim vectors; cannot re-initialise with --dim {vector_dim}"
+        )
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('vector_dim', ?)", (str(vector_dim),))
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
+
+
+def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _select_in(conn: sqlite3.Connection, prefix: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    for chunk in _chunks(ids):
+        out.extend(conn.execute(f"{prefix} ({','.join('?' * len(chunk))})", chunk).fetchall())
+    return out
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE``: take the write lock up front, so a busy database fails before any work."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+Rows = list[tuple[Any, ...]]
+
+
+def _write(conn: sqlite3.Connection, states: Rows, profiles: Rows, links: Rows, removed: Rows) -> None:
+    with _transaction(conn):
+        conn.executemany("DELETE FROM sequences WHERE person_id = ? AND write_ts <= ?", removed)
+        conn.executemany("DELETE FROM profiles WHERE person_id = ? AND write_ts <= ?", removed)
+        conn.executemany(_TOMBSTONE_PERSON, removed)
+        conn.executemany(_UPSERT_STATE, states)
+        conn.executemany(_UPSERT_PROFILE, profiles)
+        conn.executemany(_UPSERT_LINK, links)
+
+
+def _forget(conn: sqlite3.Connection, person_id: str, erased_ms: int, expires_ms: int) -> ForgetReceipt:
+    ts = erased_ms * 1000
+    with _transaction(conn):
+        profiles = conn.execute("DELETE FROM profiles WHERE person_id = ? AND write_ts <= ?", (person_id, ts))
+        sequence = conn.execute(
+            "DELETE FROM sequences WHERE person_id = ? AND write_ts <= ?", (person_id, ts)
+        )
+        anon_ids = [r[0] for r in conn.execute(_SQL["links_of"], (person_id, ts))]
+        conn.executemany("DELETE FROM identity_links WHERE anon_person_id = ?", [(a,) for a in anon_ids])
+        conn.executemany(_TOMBSTONE_LINK, [(a, ts) for a in anon_ids])
+        conn.execute(_TOMBSTONE_PERSON, (person_id, ts))
+        conn.execute(_UPSERT_ERASURE, (person_id, erased_ms, expires_ms))
+    return ForgetReceipt(person_id, erased_ms, profiles.rowcount, sequence.rowcount > 0, len(anon_ids))

@@ -1,0 +1,163 @@
+"""The stream worker end to end: real embedded broker, real SQLite, real onnxruntime."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+
+from schemas.adapters import load_adapters
+from streams.dlq import headers_dict
+from streams.kafka_config import ensure_topics, kafka_python_options, worker_topics
+from streams.produce import produce_events
+from streams.settings import Settings
+from streams.stores.factory import open_store
+from streams.synthetic import RawEvent, SyntheticTraffic
+from tests.helpers import WorkerProcess, wait_until
+from tests.oracle import expected_profiles
+
+
+async def _scan(settings: Settings, version: str) -> dict[str, Any]:
+    store = open_store(settings)
+    await store.open()
+    try:
+        states = []
+        after = None
+        while True:
+            page = await store.iter_states(after, 500)
+            if not page:
+                break
+            states.extend(page)
+            after = page[-1].person_id
+        profiles = {}
+        for state in states:
+            row = await store.get_profile(state.person_id, version)
+            if row is not None:
+                profiles[state.person_id] = row
+        return {"states": {s.person_id: s for s in states}, "profiles": profiles}
+    finally:
+        await store.close()
+
+
+def scan(settings: Settings, version: str) -> dict[str, Any]:
+    return asyncio.run(_scan(settings, version))
+
+
+def checksum(snapshot: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for person in sorted(snapshot["profiles"]):
+        p = snapshot["profiles"][person]
+        h.update(orjson.dumps([p.person_id, p.model_version, p.event_count, p.first_ts_ms, p.last_ts_ms,
+                               p.platforms, p.write_ts, p.updated_ms]))
+        h.update(p.vector.tobytes())
+    for person in sorted(snapshot["states"]):
+        s = snapshot["states"][person]
+        h.update(orjson.dumps([s.person_id, [e.event_id for e in s.events], s.write_ts]))
+    return h.hexdigest()
+
+
+def test_synthetic_traffic_becomes_one_profile_per_person(
+    make_settings: Any, model_registry: tuple[str, str], tmp_path: Path
+) -> None:
+    registry, version = model_registry
+    settings = make_settings(registry=registry, seq_len=200)
+    traffic = SyntheticTraffic(load_adapters(), users=40, items=300, seed=11)
+    produced = list(traffic.events(800, int(time.time() * 1000) - 3_600_000, step_ms=100))
+    oracle = expected_profiles(produced)
+    total = sum(e.count for e in oracle.values())
+
+    with WorkerProcess(settings, tmp_path) as worker:
+        produce_events(settings, produced)
+
+        def caught_up() -> bool:
+            snap = scan(settings, version)
+            return sum(p.event_count for p in snap["profiles"].values()) >= total
+
+        wait_until(caught_up, 90, interval=1.0, what="all events applied")
+        status, stats = worker.get("/stats")
+        assert status == 200 and stats["model_version"] == version
+        status, text = worker.get("/metrics")
+        assert "interest_events_in_total" in text and "interest_freshness_seconds_bucket" in text
+        snap = scan(settings, version)
+        before = checksum(snap)
+
+    assert set(snap["profiles"]) == set(oracle), "exactly one profile per person (anonymous ones merged)"
+    for person, exp in oracle.items():
+        row = snap["profiles"][person]
+        assert row.event_count == exp.count, person
+        assert set(row.platforms) == exp.platforms, person
+        assert row.last_ts_ms == exp.last_ts_ms
+        assert [e.event_id for e in snap["states"][person].events] == exp.window(200)
+        assert row.vector.shape == (64,) or row.vector.ndim == 1
+    assert len({p for e in oracle.values() for p in e.platforms}) == 4
+
+    # Replay every topic from offset 0 with a fresh consumer group: no row may change.
+    replay = settings.model_copy(update={"app_id": settings.app_id + "-replay"})
+    with WorkerProcess(replay, tmp_path, name="replay") as worker:
+        wait_until(lambda: worker.get("/stats")[1]["events_in"] >= total, 90, interval=1.0, what="replayed")
+        time.sleep(2.0)
+    assert checksum(scan(settings, version)) == before, "replaying from offset 0 changed a row"
+
+
+def test_identity_link_moves_device_history_to_the_person(
+    make_settings: Any, model_registry: tuple[str, str], tmp_path: Path
+) -> None:
+    registry, version = model_registry
+    settings = make_settings(registry=registry)
+    now = int(time.time() * 1000)
+    produced: list[Any] = [
+        RawEvent(f"events.web.{a}", "dev-9", {"eid": f"a{i}", "anon_id": "dev-9", "type": raw, "item_id": f"i{i}",
+                                              "ts": now - 10_000 + i}, "u9", now)
+        for i, (a, raw) in enumerate([("click", "click"), ("browse", "view"), ("purchase", "purchase")])
+    ]
+    produced.append(RawEvent("events.app.click", "u9", {"event_id": "b1", "user_id": "u9", "event": "tap",
+                                                         "sku": "s1", "time": (now - 5_000) / 1000}, "u9", now))
+    with WorkerProcess(settings, tmp_path):
+        produce_events(settings, produced)
+        wait_until(lambda: "anon:web:dev-9" in scan(settings, version)["profiles"], 60, what="anon profile")
+        produce_events(settings, [("link", {"platform": "web", "device_id": "dev-9", "person_id": "u9",
+                                            "ts_ms": now - 1000})])
+        wait_until(lambda: getattr(scan(settings, version)["profiles"].get("u9"), "event_count", 0) == 4, 60,
+                   what="device history merged into u9")
+        # Later anonymous events of the linked device go straight to the person.
+        produce_events(settings, [RawEvent("events.web.click", "dev-9", {"eid": "a9", "anon_id": "dev-9",
+                                                                         "type": "click", "item_id": "i9",
+                                                                         "ts": now}, "u9", now)])
+        wait_until(lambda: getattr(scan(settings, version)["profiles"].get("u9"), "event_count", 0) == 5, 60,
+                   what="post-link event applied to u9")
+    snap = scan(settings, version)
+    assert "anon:web:dev-9" not in snap["profiles"] and "anon:web:dev-9" not in snap["states"]
+    assert set(snap["profiles"]["u9"].platforms) == {"web", "app"}
+
+
+def test_poison_message_goes_to_the_dlq_while_the_rest_flows(
+    make_settings: Any, model_registry: tuple[str, str], tmp_path: Path
+) -> None:
+    registry, version = model_registry
+    settings = make_settings(registry=registry, topic_partitions=1)
+    ensure_topics(settings, worker_topics(settings))
+    producer = KafkaProducer(**kafka_python_options(settings))
+    topic = next(t for t in settings.raw_topics() if t.endswith("events.web.click"))
+    now = int(time.time() * 1000)
+    producer.send(topic, key=b"p", value=b'{"uid": "p1", "type": "click", "item_id": ')  # truncated JSON
+    producer.send(topic, key=b"p", value=b"\xff\x00garbage")
+    for i in range(20):
+        value = orjson.dumps({"eid": f"g{i}", "uid": "p1", "type": "click", "item_id": f"i{i}", "ts": now - i})
+        producer.send(topic, key=b"p", value=value)
+    producer.flush()
+    with WorkerProcess(settings, tmp_path):
+        wait_until(lambda: getattr(scan(settings, version)["profiles"].get("p1"), "event_count", 0) == 20, 60,
+                   what="good events behind the poison applied")
+    consumer = KafkaConsumer(settings.dlq_topic, **kafka_python_options(settings), auto_offset_reset="earliest",
+                             consumer_timeout_ms=3000, group_id=None)
+    dead = [(m.value, headers_dict(m.headers)) for m in consumer]
+    consumer.close()
+    assert [h["error_class"] for _, h in dead] == ["not_json", "not_utf8"]
+    assert dead[0][0] == b'{"uid": "p1", "type": "click", "item_id": '
+    assert dead[0][1]["source_topic"] == topic and dead[0][1]["source_offset"] == "0"
+    assert "invalid byte 0xff" in dead[1][1]["error_message"]
