@@ -52,6 +52,7 @@ class EncoderConfig:
     attn_dropout: float = 0.0
     init_scale: float = 10.0
     score: str = "cosine"  # "cosine": unit items x learned scale; "dot": raw dot product
+    block: str = "bert"  # "bert": post-LN BertLayer; "gpt2": pre-LN GPT2Block
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +61,30 @@ class EncoderConfig:
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _blocks(cfg: EncoderConfig, max_len: int) -> list[nn.Module]:
+    """Transformer blocks from a transformers config object (nothing is downloaded)."""
+    if cfg.block == "gpt2":
+        from transformers import GPT2Config
+        from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+        gpt = GPT2Config(
+            vocab_size=1, n_positions=max_len, n_embd=cfg.width, n_layer=cfg.layers, n_head=cfg.heads,
+            n_inner=cfg.width * cfg.ffn_mult, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.attn_dropout, activation_function="gelu", bos_token_id=None, eos_token_id=None,
+        )  # fmt: skip
+        gpt._attn_implementation = "eager"
+        return [GPT2Block(gpt, layer_idx=i) for i in range(cfg.layers)]
+    if cfg.block != "bert":
+        raise ValueError(f"unknown block type {cfg.block!r} (bert or gpt2)")
+    bert = BertConfig(
+        vocab_size=1, hidden_size=cfg.width, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+        intermediate_size=cfg.width * cfg.ffn_mult, hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.attn_dropout, max_position_embeddings=max_len, hidden_act="gelu",
+    )  # fmt: skip
+    bert._attn_implementation = "eager"
+    return [BertLayer(bert, layer_idx=i) for i in range(cfg.layers)]
 
 
 class InterestEncoder(nn.Module):
@@ -79,21 +104,11 @@ class InterestEncoder(nn.Module):
         self.platform_emb = nn.Embedding(spec.n_platforms, w, padding_idx=0)
         self.gap_emb = nn.Embedding(spec.n_gaps, w, padding_idx=0)
         self.pos_emb = nn.Embedding(spec.max_len, w)
-        self.emb_norm = nn.LayerNorm(w)
         self.emb_drop = nn.Dropout(cfg.dropout)
-        bert = BertConfig(
-            vocab_size=1,
-            hidden_size=w,
-            num_hidden_layers=cfg.layers,
-            num_attention_heads=cfg.heads,
-            intermediate_size=w * cfg.ffn_mult,
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.attn_dropout,
-            max_position_embeddings=spec.max_len,
-            hidden_act="gelu",
-        )
-        bert._attn_implementation = "eager"
-        self.layers = nn.ModuleList(BertLayer(bert, layer_idx=i) for i in range(cfg.layers))
+        self.layers = nn.ModuleList(_blocks(cfg, spec.max_len))
+        # Post-LN (BERT) normalises the embeddings first; pre-LN (GPT-2) normalises the output.
+        self.emb_norm = nn.LayerNorm(w) if cfg.block == "bert" else nn.Identity()
+        self.final_norm = nn.LayerNorm(w) if cfg.block == "gpt2" else nn.Identity()
         self.person_proj = nn.Linear(w, cfg.dim)
         self.item_proj = nn.Linear(w, cfg.dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_scale)))
@@ -149,8 +164,8 @@ class InterestEncoder(nn.Module):
         bias = torch.where(allowed, zero, torch.full((), neg, dtype=x.dtype, device=x.device))
         bias = bias.unsqueeze(1)  # [B, 1, L, L]
         for layer in self.layers:
-            x = layer(x, bias)
-        return x
+            x = layer(x, attention_mask=bias) if self.cfg.block == "gpt2" else layer(x, bias)
+        return self.final_norm(x)
 
     def person_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.person_proj(hidden), dim=-1)

@@ -35,6 +35,7 @@ from model.data import Sequences, Split
 from model.encoder import EncoderConfig, InterestEncoder
 from model.evaluate import EvalSet, build_eval_set, catalogue_of, vector_metrics
 from model.features import FeatureSpec, featurize, hash_items
+from schemas.sequence import SeqEvent
 
 DEFAULT_ACTION_WEIGHTS = {"browse": 1.0, "click": 2.0, "purchase": 4.0}
 
@@ -56,11 +57,15 @@ class TrainConfig:
     ffn_mult: int = 2
     dropout: float = 0.2
     score: str = "cosine"
+    block: str = "bert"
     init_scale: float = 10.0
     hash_buckets: int = 1 << 14
     negatives: int = -1  # -1: full softmax when the catalogue is small, else 4096 sampled
     full_softmax_max_items: int = 50_000
     action_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
+    future: int = 1
+    future_decay: float = 0.5
+    shuffle_ties: bool = False
     patience: int = 30
     time_budget_s: float | None = None
     threads: int | None = None
@@ -98,29 +103,58 @@ def setup_determinism(seed: int, threads: int | None) -> None:
     torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
 
 
-class _TrainData:
-    """Featurised training windows, built once: inputs, targets and weights per person."""
+def _shuffle_ties(seq: list[SeqEvent], rng: np.random.Generator) -> list[SeqEvent]:
+    """Randomly reorder events that share a timestamp (their order carries no signal)."""
+    stamps = np.fromiter((e.ts_ms for e in seq), np.int64, len(seq))
+    if len(seq) < 2 or not (stamps[1:] == stamps[:-1]).any():
+        return seq
+    keys = rng.random(len(seq))
+    order = np.lexsort((keys, stamps))
+    return [seq[i] for i in order]
 
-    def __init__(self, split: Split, spec: FeatureSpec, catalogue: list[str], weights: dict[str, float]):
-        index = {item: i for i, item in enumerate(catalogue)}
-        inputs, targets, tweights = [], [], []
-        for person in sorted(split.train):
-            seq = split.train[person]
-            if len(seq) < 2:
-                continue
-            window = seq[-(spec.max_len + 1) :]
-            inputs.append(window[:-1])
-            targets.append([index[e.item_id] for e in window[1:]])
-            tweights.append([weights.get(e.action, 1.0) * e.weight for e in window[1:]])
-        self.feats = featurize(inputs, spec, pad_to=spec.max_len)
-        n, width = len(inputs), spec.max_len
-        self.targets = np.full((n, width), -1, dtype=np.int64)
-        self.weights = np.zeros((n, width), dtype=np.float32)
-        for row, (tgt, wts) in enumerate(zip(targets, tweights, strict=True)):
-            self.targets[row, width - len(tgt) :] = tgt
-            self.weights[row, width - len(wts) :] = wts
-        self.lengths = np.array([len(t) for t in targets], dtype=np.int64)
+
+class _TrainData:
+    """Training windows: inputs, next-``future`` targets and their weights per person.
+
+    Target ``k`` of position ``i`` is the event ``i + k`` (k = 1 is the next
+    item), weighted by its action weight times ``decay ** (k - 1)``: besides
+    the next item, the model is also asked for the few after it, which makes
+    the vector describe the person's near-term interests rather than one item.
+    With ``shuffle_ties`` every epoch reorders events that share a timestamp
+    (batch uploads, logged-in-the-same-second), so the model does not learn
+    an order that does not exist.
+    """
+
+    def __init__(self, split: Split, spec: FeatureSpec, catalogue: list[str], weights: dict[str, float],
+                 future: int = 1, decay: float = 0.5, shuffle_ties: bool = False) -> None:  # fmt: skip
+        self.spec, self.future, self.decay, self.shuffle = spec, max(1, future), decay, shuffle_ties
+        self.index = {item: i for i, item in enumerate(catalogue)}
+        self.action_weights = weights
+        self.windows = [
+            split.train[p][-(spec.max_len + 1) :] for p in sorted(split.train) if len(split.train[p]) >= 2
+        ]
+        self.lengths = np.array([len(w) - 1 for w in self.windows], dtype=np.int64)
         self.names = spec.input_names()
+        self.build(None)
+
+    def build(self, rng: np.random.Generator | None) -> None:
+        """(Re)featurise, shuffling tied events first when enabled and ``rng`` is given."""
+        windows = self.windows
+        if self.shuffle and rng is not None:
+            windows = [_shuffle_ties(w, rng) for w in windows]
+        width, n, k_max = self.spec.max_len, len(windows), self.future
+        self.feats = featurize([w[:-1] for w in windows], self.spec, pad_to=width)
+        self.targets = np.full((n, width, k_max), -1, dtype=np.int64)
+        self.weights = np.zeros((n, width, k_max), dtype=np.float32)
+        for row, window in enumerate(windows):
+            ids = np.fromiter((self.index[e.item_id] for e in window), np.int64, len(window))
+            wts = np.fromiter((self.action_weights.get(e.action, 1.0) * e.weight for e in window),
+                              np.float32, len(window))  # fmt: skip
+            m = len(window) - 1
+            for k in range(1, min(k_max, m) + 1):
+                count = m - k + 1
+                self.targets[row, width - m : width - m + count, k - 1] = ids[k : k + count]
+                self.weights[row, width - m : width - m + count, k - 1] = wts[k : k + count] * self.decay ** (k - 1)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -175,28 +209,29 @@ def validate(model: InterestEncoder, spec: FeatureSpec, data: EvalSet, catalogue
 
 
 class _SoftmaxCE(torch.autograd.Function):
-    """Cross-entropy of ``a @ b.T`` against ``target``, per row, with a lean backward.
+    """Weighted multi-target cross-entropy of ``a @ b.T``, per row, with a lean backward.
 
-    The full-catalogue softmax dominates a training step on CPU.  Autograd's
+    ``loss_r = sum_k w_rk * (logsumexp(logits_r) - logits_r[t_rk])``.  The
+    full-catalogue softmax dominates a training step on CPU; autograd's
     version keeps the logits, zero-fills an ``[N, C]`` gradient and runs a
-    separate log-softmax backward; here the log-probabilities are kept and
-    turned into ``softmax - onehot`` in place, halving the ``[N, C]`` passes.
+    separate log-softmax backward.  Here the log-probabilities are kept and
+    turned into ``softmax * sum(w) - w_onehot`` in place, halving the
+    ``[N, C]`` memory passes; one softmax serves all ``k`` targets.
     """
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(a @ b.T, dim=1)
-        rows = torch.arange(a.shape[0])
-        ctx.save_for_backward(a, b, target, logp)
-        return -logp[rows, target]
+        ctx.save_for_backward(a, b, target, w, logp)
+        return -(logp.gather(1, target) * w).sum(dim=1)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        a, b, target, logp = ctx.saved_tensors
-        probs = logp.exp()
-        probs[torch.arange(a.shape[0]), target] -= 1.0
-        probs.mul_(grad.unsqueeze(1))
-        return probs @ b, probs.T @ a, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        a, b, target, w, logp = ctx.saved_tensors
+        probs = logp.exp_()
+        probs.mul_((w.sum(dim=1) * grad).unsqueeze(1))
+        probs.scatter_add_(1, target, -(w * grad.unsqueeze(1)))
+        return probs @ b, probs.T @ a, None, None
 
 
 def _loss(
@@ -208,21 +243,20 @@ def _loss(
     negatives: int,
     gen: torch.Generator,
 ) -> torch.Tensor:
-    keep = targets >= 0
-    hidden = model.hidden(inputs)[keep]
-    people = model.person_for_scoring(hidden)
-    tgt = targets[keep]
+    keep = targets[..., 0] >= 0
+    people = model.person_for_scoring(model.hidden(inputs)[keep])
+    tgt = targets[keep].clamp(min=0)  # [N, K]; missing targets carry weight 0
+    wts = weights[keep]
     if negatives > 0:
         sampled = torch.randint(0, catalogue_hashes.shape[0], (negatives,), generator=gen)
-        cand, tgt = torch.unique(torch.cat([tgt, sampled]), return_inverse=True)
-        tgt = tgt[: int(keep.sum())]
+        cand, inverse = torch.unique(torch.cat([tgt.flatten(), sampled]), return_inverse=True)
+        tgt = inverse[: tgt.numel()].view_as(tgt)
     else:
         cand = torch.arange(catalogue_hashes.shape[0])
     hashes = catalogue_hashes[cand]
     items = model.item_vectors(*(hashes[:, k] for k in range(hashes.shape[1])))
-    per_pos = _SoftmaxCE.apply(people, items, tgt)
-    wts = weights[keep]
-    return (per_pos * wts).sum() / wts.sum().clamp(min=1e-6)
+    per_row = _SoftmaxCE.apply(people, items, tgt, wts)
+    return per_row.sum() / wts.sum().clamp(min=1e-6)
 
 
 def train_model(
@@ -244,11 +278,11 @@ def train_model(
         spec = FeatureSpec(hash_buckets=cfg.hash_buckets, max_len=cfg.max_len)
         enc_cfg = EncoderConfig(
             cfg.width, cfg.layers, cfg.heads, cfg.ffn_mult, cfg.dim, cfg.dropout,
-            init_scale=cfg.init_scale, score=cfg.score,
+            init_scale=cfg.init_scale, score=cfg.score, block=cfg.block,
         )  # fmt: skip
         model = InterestEncoder(spec, enc_cfg)
     train_items = catalogue_of(split.train)
-    data = _TrainData(split, spec, train_items, cfg.action_weights)
+    data = _TrainData(split, spec, train_items, cfg.action_weights, cfg.future, cfg.future_decay, cfg.shuffle_ties)
     if len(data) == 0:
         raise ValueError("no person has 2+ training events: nothing to learn from")
     catalogue = catalogue_of(people)
@@ -268,6 +302,8 @@ def train_model(
         t0 = time.perf_counter()
         model.train()
         total, count = 0.0, 0
+        if cfg.shuffle_ties:
+            data.build(rng)
         for rows in data.batches(rng, cfg.batch_size):
             inputs, targets, weights = data.batch(rows)
             loss = _loss(model, inputs, targets, weights, cat_hashes, negatives, gen)

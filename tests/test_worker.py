@@ -161,3 +161,39 @@ def test_poison_message_goes_to_the_dlq_while_the_rest_flows(
     assert dead[0][0] == b'{"uid": "p1", "type": "click", "item_id": '
     assert dead[0][1]["source_topic"] == topic and dead[0][1]["source_offset"] == "0"
     assert "invalid byte 0xff" in dead[1][1]["error_message"]
+
+
+def test_worker_writes_to_cassandra_over_the_cql_protocol(
+    make_settings: Any, model_registry: tuple[str, str], tmp_path: Path, cql_server: Any
+) -> None:
+    """The same pipeline with ``cassandra://`` pointing at the in-process CQL server."""
+    import subprocess
+    import sys
+
+    from tests.cqlserver.fixtures import CQL_PASSWORD, CQL_USER, unique_keyspace
+    from tests.helpers import settings_env
+
+    registry, version = model_registry
+    settings = make_settings(
+        registry=registry, store_url=cql_server.url(unique_keyspace(), dc="datacenter1"),
+        cassandra_username=CQL_USER, cassandra_password=CQL_PASSWORD, cassandra_replication="datacenter1:1",
+    )
+    init = subprocess.run([sys.executable, "-m", "streams.cli", "store", "init", "--dim", "64"],
+                          env=settings_env(settings), capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stderr
+    traffic = SyntheticTraffic(load_adapters(), users=25, items=200, seed=21)
+    produced = list(traffic.events(300, int(time.time() * 1000) - 3_600_000, step_ms=100))
+    oracle = expected_profiles(produced)
+    with WorkerProcess(settings, tmp_path, name="cassandra-worker") as worker:
+        produce_events(settings, produced)
+
+        def done() -> bool:
+            profiles = scan(settings, version)["profiles"]
+            return {p: r.event_count for p, r in profiles.items()} == {p: e.count for p, e in oracle.items()}
+
+        wait_until(done, 90, interval=1.0, what="cassandra profiles match the oracle")
+        assert worker.get("/ready")[0] == 200
+    snap = scan(settings, version)
+    for person, exp in oracle.items():
+        assert set(snap["profiles"][person].platforms) == exp.platforms
+    assert cql_server.stats.misrouted == 0, "token-aware routing sent every request to a replica"

@@ -54,7 +54,7 @@ def test_purchases_weigh_more_than_clicks_more_than_browses(people: Any) -> None
     for row, seq in enumerate(trainable):
         targets = seq[-(spec.max_len + 1) :][1:]
         assert (data.targets[row, : spec.max_len - len(targets)] == -1).all()  # padding is never a target
-        for event, weight in zip(targets, data.weights[row, -len(targets) :], strict=True):
+        for event, weight in zip(targets, data.weights[row, -len(targets) :, 0], strict=True):
             seen.setdefault(event.action, set()).add(float(weight))
     assert seen == {"purchase": {4.0}, "click": {2.0}, "browse": {1.0}}
 
