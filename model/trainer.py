@@ -66,6 +66,7 @@ class TrainConfig:
     future: int = 1
     future_decay: float = 0.5
     shuffle_ties: bool = False
+    all_windows: bool = False
     patience: int = 30
     time_budget_s: float | None = None
     threads: int | None = None
@@ -126,13 +127,19 @@ class _TrainData:
     """
 
     def __init__(self, split: Split, spec: FeatureSpec, catalogue: list[str], weights: dict[str, float],
-                 future: int = 1, decay: float = 0.5, shuffle_ties: bool = False) -> None:  # fmt: skip
+                 future: int = 1, decay: float = 0.5, shuffle_ties: bool = False,
+                 all_windows: bool = False) -> None:  # fmt: skip
         self.spec, self.future, self.decay, self.shuffle = spec, max(1, future), decay, shuffle_ties
         self.index = {item: i for i, item in enumerate(catalogue)}
         self.action_weights = weights
-        self.windows = [
-            split.train[p][-(spec.max_len + 1) :] for p in sorted(split.train) if len(split.train[p]) >= 2
-        ]
+        self.windows = []
+        for person in sorted(split.train):
+            seq = split.train[person]
+            # The latest window, plus (with all_windows) earlier ones so long histories are not wasted.
+            for end in range(len(seq), 1, -spec.max_len):
+                self.windows.append(seq[max(0, end - spec.max_len - 1) : end])
+                if not all_windows:
+                    break
         self.lengths = np.array([len(w) - 1 for w in self.windows], dtype=np.int64)
         self.names = spec.input_names()
         self.build(None)
@@ -282,7 +289,8 @@ def train_model(
         )  # fmt: skip
         model = InterestEncoder(spec, enc_cfg)
     train_items = catalogue_of(split.train)
-    data = _TrainData(split, spec, train_items, cfg.action_weights, cfg.future, cfg.future_decay, cfg.shuffle_ties)
+    data = _TrainData(split, spec, train_items, cfg.action_weights, cfg.future, cfg.future_decay, cfg.shuffle_ties,
+                      cfg.all_windows)
     if len(data) == 0:
         raise ValueError("no person has 2+ training events: nothing to learn from")
     catalogue = catalogue_of(people)

@@ -134,6 +134,27 @@ def test_identity_link_moves_device_history_to_the_person(
     assert "anon:web:dev-9" not in snap["profiles"] and "anon:web:dev-9" not in snap["states"]
     assert set(snap["profiles"]["u9"].platforms) == {"web", "app"}
 
+    # The query CLI reads the same rows.
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import settings_env
+
+    def cli(*args: str) -> Any:
+        proc = subprocess.run([sys.executable, "-m", "streams.cli", *args, "--json"], env=settings_env(settings),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    shown = cli("profile", "u9")
+    assert shown["event_count"] == 5 and shown["model_version"] == version and len(shown["vector"]) == 64
+    recs = cli("recommend", "u9", "-k", "5")
+    history = {"i0", "i1", "i2", "i9", "s1"}
+    assert len(recs["items"]) == 5 and not history & {r["item_id"] for r in recs["items"]}
+    scores = [r["score"] for r in recs["items"]]
+    assert scores == sorted(scores, reverse=True)
+
 
 def test_poison_message_goes_to_the_dlq_while_the_rest_flows(
     make_settings: Any, model_registry: tuple[str, str], tmp_path: Path
@@ -167,6 +188,7 @@ def test_worker_writes_to_cassandra_over_the_cql_protocol(
     make_settings: Any, model_registry: tuple[str, str], tmp_path: Path, cql_server: Any
 ) -> None:
     """The same pipeline with ``cassandra://`` pointing at the in-process CQL server."""
+    import json
     import subprocess
     import sys
 
@@ -197,3 +219,12 @@ def test_worker_writes_to_cassandra_over_the_cql_protocol(
     for person, exp in oracle.items():
         assert set(snap["profiles"][person].platforms) == exp.platforms
     assert cql_server.stats.misrouted == 0, "token-aware routing sent every request to a replica"
+
+    # `interest similar` runs the nearest-people query against the CQL server.
+    person = max(oracle, key=lambda p: oracle[p].count)
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "similar", person, "-k", "3", "--json"],
+                          env=settings_env(settings), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["people"]
+    assert len(found) == 3 and person not in {f["person_id"] for f in found}
+    assert all(f["person_id"] in oracle for f in found)
