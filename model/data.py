@@ -131,7 +131,9 @@ def events_from_rows(rows: Iterable[Mapping[str, Any]], time_unit: str | None = 
     return people
 
 
-def load_events(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]], time_unit: str | None = None) -> Sequences:
+def load_events(
+    source: str | os.PathLike[str] | Iterable[Mapping[str, Any]], time_unit: str | None = None
+) -> Sequences:
     """Per-person sequences from a path (CSV / JSONL / ``.inter``) or an iterable of dicts."""
     if isinstance(source, str | os.PathLike):
         path = Path(source)

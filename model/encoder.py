@@ -25,7 +25,6 @@ depend on how much left padding it got.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,8 +34,6 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
 
 from model.features import FeatureSpec
-
-_NOGAP = bool(os.environ.get('EXP_NOGAP'))
 
 
 @dataclass(frozen=True)
@@ -149,9 +146,7 @@ class InterestEncoder(nn.Module):
         hashes = inputs[:k]
         action, platform, gap, position, mask = inputs[k:]
         x = self.item_embedding(hashes)
-        x = x + self.action_emb(action) + self.platform_emb(platform)
-        if not _NOGAP:
-            x = x + self.gap_emb(gap)
+        x = x + self.action_emb(action) + self.platform_emb(platform) + self.gap_emb(gap)
         x = x + self.pos_emb(position)
         x = self.emb_drop(self.emb_norm(x))
         length = mask.shape[1]

@@ -89,7 +89,9 @@ def vector_metrics(person_vecs: np.ndarray, item_vecs: np.ndarray, data: EvalSet
     return rank_metrics(lambda rows: person_vecs[rows] @ item_vecs.T, data, k)
 
 
-def popularity_metrics(split: Split, catalogue: Sequence[str], data: EvalSet, target: Target, k: int = 10) -> dict[str, float]:
+def popularity_metrics(
+    split: Split, catalogue: Sequence[str], data: EvalSet, target: Target, k: int = 10
+) -> dict[str, float]:
     """Baseline: rank by how often each item occurs in everything before the targets."""
     counts: Counter[str] = Counter(e.item_id for seq in split.train.values() for e in seq)
     if target == "test":

@@ -43,9 +43,6 @@ DEFAULT_GAP_BOUNDARIES_S: tuple[float, ...] = (
 )  # fmt: skip
 
 _HASH_CACHE_MAX = 1 << 20
-import os
-
-_RECENCY = bool(os.environ.get("EXP_RECENCY"))
 
 
 @dataclass(frozen=True)
@@ -293,6 +290,6 @@ def featurize(
         map(spec._lookup["platform"].__getitem__, platforms), np.int64, total
     )
     out["time_gap"][rows, cols] = gap
-    out["position"][rows, cols] = (np.repeat(lens, lens) - 1 - within) if _RECENCY else within
+    out["position"][rows, cols] = within
     out["mask"][rows, cols] = 1
     return out

@@ -99,7 +99,9 @@ def publish_trained(
     with tempfile.TemporaryDirectory(prefix="interest-export-") as tmp:
         stage = Path(tmp)
         onnx_info = export_all(model, stage, real=valid.histories, item_ids=catalogue)
-        np.savez(stage / "items.npz", ids=np.asarray(catalogue, dtype=str), vectors=item_vectors(model, catalogue, spec))
+        np.savez(
+            stage / "items.npz", ids=np.asarray(catalogue, dtype=str), vectors=item_vectors(model, catalogue, spec)
+        )
         save_weights(model, stage / "weights.npz")
         files = {
             name: stage / name

@@ -35,7 +35,8 @@ from model.data import Sequences, Split
 from model.encoder import EncoderConfig, InterestEncoder
 from model.evaluate import EvalSet, build_eval_set, catalogue_of, vector_metrics
 from model.features import FeatureSpec, featurize, hash_items
-from schemas.sequence import SeqEvent
+from model.objective import Ema, TrainWindows, drop_items
+from model.objective import loss as loss_fn
 
 DEFAULT_ACTION_WEIGHTS = {"browse": 1.0, "click": 2.0, "purchase": 4.0}
 
@@ -67,6 +68,8 @@ class TrainConfig:
     future_decay: float = 0.5
     shuffle_ties: bool = False
     all_windows: bool = False
+    item_dropout: float = 0.0
+    ema: float = 0.0
     patience: int = 30
     time_budget_s: float | None = None
     threads: int | None = None
@@ -104,89 +107,6 @@ def setup_determinism(seed: int, threads: int | None) -> None:
     torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
 
 
-def _shuffle_ties(seq: list[SeqEvent], rng: np.random.Generator) -> list[SeqEvent]:
-    """Randomly reorder events that share a timestamp (their order carries no signal)."""
-    stamps = np.fromiter((e.ts_ms for e in seq), np.int64, len(seq))
-    if len(seq) < 2 or not (stamps[1:] == stamps[:-1]).any():
-        return seq
-    keys = rng.random(len(seq))
-    order = np.lexsort((keys, stamps))
-    return [seq[i] for i in order]
-
-
-class _TrainData:
-    """Training windows: inputs, next-``future`` targets and their weights per person.
-
-    Target ``k`` of position ``i`` is the event ``i + k`` (k = 1 is the next
-    item), weighted by its action weight times ``decay ** (k - 1)``: besides
-    the next item, the model is also asked for the few after it, which makes
-    the vector describe the person's near-term interests rather than one item.
-    With ``shuffle_ties`` every epoch reorders events that share a timestamp
-    (batch uploads, logged-in-the-same-second), so the model does not learn
-    an order that does not exist.
-    """
-
-    def __init__(self, split: Split, spec: FeatureSpec, catalogue: list[str], weights: dict[str, float],
-                 future: int = 1, decay: float = 0.5, shuffle_ties: bool = False,
-                 all_windows: bool = False) -> None:  # fmt: skip
-        self.spec, self.future, self.decay, self.shuffle = spec, max(1, future), decay, shuffle_ties
-        self.index = {item: i for i, item in enumerate(catalogue)}
-        self.action_weights = weights
-        self.windows = []
-        for person in sorted(split.train):
-            seq = split.train[person]
-            # The latest window, plus (with all_windows) earlier ones so long histories are not wasted.
-            for end in range(len(seq), 1, -spec.max_len):
-                self.windows.append(seq[max(0, end - spec.max_len - 1) : end])
-                if not all_windows:
-                    break
-        self.lengths = np.array([len(w) - 1 for w in self.windows], dtype=np.int64)
-        self.names = spec.input_names()
-        self.build(None)
-
-    def build(self, rng: np.random.Generator | None) -> None:
-        """(Re)featurise, shuffling tied events first when enabled and ``rng`` is given."""
-        windows = self.windows
-        if self.shuffle and rng is not None:
-            windows = [_shuffle_ties(w, rng) for w in windows]
-        width, n, k_max = self.spec.max_len, len(windows), self.future
-        self.feats = featurize([w[:-1] for w in windows], self.spec, pad_to=width)
-        self.targets = np.full((n, width, k_max), -1, dtype=np.int64)
-        self.weights = np.zeros((n, width, k_max), dtype=np.float32)
-        for row, window in enumerate(windows):
-            ids = np.fromiter((self.index[e.item_id] for e in window), np.int64, len(window))
-            wts = np.fromiter((self.action_weights.get(e.action, 1.0) * e.weight for e in window),
-                              np.float32, len(window))  # fmt: skip
-            m = len(window) - 1
-            for k in range(1, min(k_max, m) + 1):
-                count = m - k + 1
-                self.targets[row, width - m : width - m + count, k - 1] = ids[k : k + count]
-                self.weights[row, width - m : width - m + count, k - 1] = wts[k : k + count] * self.decay ** (k - 1)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def batches(self, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:
-        """Shuffled batches of similar length (less padding), in shuffled order."""
-        order = rng.permutation(len(self))
-        chunk = batch_size * 16
-        out: list[np.ndarray] = []
-        for start in range(0, len(order), chunk):
-            part = order[start : start + chunk]
-            part = part[np.argsort(-self.lengths[part], kind="stable")]
-            out.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-        return [out[i] for i in rng.permutation(len(out))]
-
-    def batch(self, rows: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        width = int(self.lengths[rows].max())
-        inputs = [torch.from_numpy(self.feats[name][rows, -width:]) for name in self.names]
-        return (
-            inputs,
-            torch.from_numpy(self.targets[rows, -width:]),
-            torch.from_numpy(self.weights[rows, -width:]),
-        )
-
-
 def person_vectors(model: InterestEncoder, sequences: list, spec: FeatureSpec, batch: int = 256) -> np.ndarray:
     """Person vectors from the PyTorch model (eval mode), featurised like the runtime."""
     model.eval()
@@ -215,57 +135,6 @@ def validate(model: InterestEncoder, spec: FeatureSpec, data: EvalSet, catalogue
     return vector_metrics(person_vectors(model, data.histories, spec), item_vectors(model, catalogue, spec), data)
 
 
-class _SoftmaxCE(torch.autograd.Function):
-    """Weighted multi-target cross-entropy of ``a @ b.T``, per row, with a lean backward.
-
-    ``loss_r = sum_k w_rk * (logsumexp(logits_r) - logits_r[t_rk])``.  The
-    full-catalogue softmax dominates a training step on CPU; autograd's
-    version keeps the logits, zero-fills an ``[N, C]`` gradient and runs a
-    separate log-softmax backward.  Here the log-probabilities are kept and
-    turned into ``softmax * sum(w) - w_onehot`` in place, halving the
-    ``[N, C]`` memory passes; one softmax serves all ``k`` targets.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(a @ b.T, dim=1)
-        ctx.save_for_backward(a, b, target, w, logp)
-        return -(logp.gather(1, target) * w).sum(dim=1)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
-        a, b, target, w, logp = ctx.saved_tensors
-        probs = logp.exp_()
-        probs.mul_((w.sum(dim=1) * grad).unsqueeze(1))
-        probs.scatter_add_(1, target, -(w * grad.unsqueeze(1)))
-        return probs @ b, probs.T @ a, None, None
-
-
-def _loss(
-    model: InterestEncoder,
-    inputs: list[torch.Tensor],
-    targets: torch.Tensor,
-    weights: torch.Tensor,
-    catalogue_hashes: torch.Tensor,
-    negatives: int,
-    gen: torch.Generator,
-) -> torch.Tensor:
-    keep = targets[..., 0] >= 0
-    people = model.person_for_scoring(model.hidden(inputs)[keep])
-    tgt = targets[keep].clamp(min=0)  # [N, K]; missing targets carry weight 0
-    wts = weights[keep]
-    if negatives > 0:
-        sampled = torch.randint(0, catalogue_hashes.shape[0], (negatives,), generator=gen)
-        cand, inverse = torch.unique(torch.cat([tgt.flatten(), sampled]), return_inverse=True)
-        tgt = inverse[: tgt.numel()].view_as(tgt)
-    else:
-        cand = torch.arange(catalogue_hashes.shape[0])
-    hashes = catalogue_hashes[cand]
-    items = model.item_vectors(*(hashes[:, k] for k in range(hashes.shape[1])))
-    per_row = _SoftmaxCE.apply(people, items, tgt, wts)
-    return per_row.sum() / wts.sum().clamp(min=1e-6)
-
-
 def train_model(
     people: Sequences,
     split: Split,
@@ -289,7 +158,7 @@ def train_model(
         )  # fmt: skip
         model = InterestEncoder(spec, enc_cfg)
     train_items = catalogue_of(split.train)
-    data = _TrainData(split, spec, train_items, cfg.action_weights, cfg.future, cfg.future_decay, cfg.shuffle_ties,
+    data = TrainWindows(split, spec, train_items, cfg.action_weights, cfg.future, cfg.future_decay, cfg.shuffle_ties,
                       cfg.all_windows)
     if len(data) == 0:
         raise ValueError("no person has 2+ training events: nothing to learn from")
@@ -302,6 +171,7 @@ def train_model(
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    ema = Ema(model, cfg.ema) if cfg.ema > 0 else None
     history: list[EpochLog] = []
     best_epoch, best_score, best_valid = 0, -math.inf, {}
     best_state = copy.deepcopy(model.state_dict())
@@ -314,13 +184,20 @@ def train_model(
             data.build(rng)
         for rows in data.batches(rng, cfg.batch_size):
             inputs, targets, weights = data.batch(rows)
-            loss = _loss(model, inputs, targets, weights, cat_hashes, negatives, gen)
+            if cfg.item_dropout > 0:
+                inputs = drop_items(inputs, spec.n_hashes, cfg.item_dropout, gen)
+            loss = loss_fn(model, inputs, targets, weights, cat_hashes, negatives, gen)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
+            if ema is not None:
+                ema.update(model)
             total += float(loss.detach()) * len(rows)
             count += len(rows)
         metrics: dict[str, float] = {}
+        live = copy.deepcopy(model.state_dict()) if ema is not None else None
+        if ema is not None:
+            model.load_state_dict(ema.state)
         if valid.people and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             metrics = validate(model, spec, valid, catalogue)
             if metrics["ndcg@10"] > best_score:
@@ -328,6 +205,8 @@ def train_model(
                 best_state = copy.deepcopy(model.state_dict())
         elif not valid.people:
             best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+        if live is not None:
+            model.load_state_dict(live)
         seconds = time.perf_counter() - t0
         history.append(EpochLog(epoch, total / max(count, 1), metrics, seconds))
         if cfg.progress:

@@ -65,7 +65,9 @@ def test_train_eval_and_models_commands(app: typer.Typer, events_csv: Path, tmp_
     assert res.exit_code == 0, res.output
     second = json.loads(res.stdout)["version"]
 
-    listed = [json.loads(line) for line in runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout.splitlines()]
+    listed = [
+        json.loads(line) for line in runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout.splitlines()
+    ]
     assert [m["version"] for m in listed] == [version, second]
     assert [m["promoted"] for m in listed] == [False, True]
 
