@@ -40,8 +40,12 @@ def _plot(result: Any, report: dict[str, Any], path: Path) -> None:
     left.set_ylabel("loss")
     twin = left.twinx()
     scored = [h for h in hist if h.valid]
-    twin.plot([h.epoch for h in scored], [h.valid["ndcg@10"] for h in scored], color="tab:orange",
-              label="valid NDCG@10")  # fmt: skip
+    twin.plot(
+        [h.epoch for h in scored],
+        [h.valid["ndcg@10"] for h in scored],
+        color="tab:orange",
+        label="valid NDCG@10",
+    )
     twin.axvline(result.best_epoch, color="grey", linestyle=":")
     left.set_title(f"training (best epoch {result.best_epoch}, {result.train_seconds:.0f}s)")
     left.legend(loc="upper left", fontsize=8)
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-budget-s", type=float, default=None, help="override the default budget")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--ema", type=float, default=None, help="override TrainConfig.ema (experiments)")
     args = parser.parse_args(argv)
 
     from model.data import load_events, movielens_path
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg.time_budget_s = args.time_budget_s
     if args.epochs is not None:
         cfg.epochs = args.epochs
+    if args.ema is not None:
+        cfg.ema = args.ema
     source = movielens_path()
     result = train(source, registry, cfg, out_plot=out / "training.png")
     people = load_events(source)

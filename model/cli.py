@@ -37,21 +37,23 @@ def _fail(message: str) -> None:
 
 def train_cmd(
     events: Path | None = typer.Option(None, "--events", help="CSV / JSON-lines / .inter events file"),
-    movielens: bool = typer.Option(False, "--movielens", help="Use the MovieLens-100K file shipped with recbole"),
+    movielens: bool = typer.Option(
+        False, "--movielens", help="Use the MovieLens-100K file shipped with recbole"
+    ),
     registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry", help="Model registry directory"),
     from_version: str | None = typer.Option(None, "--from", help="Warm-start from this published version"),
-    epochs: int = typer.Option(200, "--epochs", min=1),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Max epochs [default: TrainConfig]"),
     seed: int = typer.Option(0, "--seed"),
-    dim: int = typer.Option(64, "--dim", min=2, help="Interest vector dimension"),
-    width: int = typer.Option(64, "--width", min=8, help="Transformer hidden width"),
-    layers: int = typer.Option(2, "--layers", min=1),
-    heads: int = typer.Option(2, "--heads", min=1),
-    max_len: int = typer.Option(200, "--max-len", min=2, help="Events per sequence the model reads"),
-    batch_size: int = typer.Option(128, "--batch-size", min=1),
-    lr: float = typer.Option(1e-3, "--lr"),
-    dropout: float = typer.Option(0.2, "--dropout", min=0.0, max=0.9),
-    negatives: int = typer.Option(-1, "--negatives", help="0 full softmax, N sampled, -1 auto by catalogue size"),
-    patience: int = typer.Option(30, "--patience", min=1, help="Stop after this many epochs without improvement"),
+    dim: int | None = typer.Option(None, "--dim", min=2, help="Interest vector dimension"),
+    width: int | None = typer.Option(None, "--width", min=8, help="Transformer hidden width"),
+    layers: int | None = typer.Option(None, "--layers", min=1),
+    heads: int | None = typer.Option(None, "--heads", min=1),
+    max_len: int | None = typer.Option(None, "--max-len", min=2, help="Events per sequence the model reads"),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    lr: float | None = typer.Option(None, "--lr"),
+    dropout: float | None = typer.Option(None, "--dropout", min=0.0, max=0.9),
+    negatives: int | None = typer.Option(None, "--negatives", help="0 full softmax, N sampled, -1 auto"),
+    patience: int | None = typer.Option(None, "--patience", min=1, help="Stop after N epochs without gain"),
     time_budget_s: float | None = typer.Option(None, "--time-budget-s", help="Stop training after this long"),
     time_unit: str | None = typer.Option(None, "--time-unit", help="s|ms|us|ns (default: auto-detect)"),
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default min(2, cores))"),
@@ -59,22 +61,45 @@ def train_cmd(
     force: bool = typer.Option(False, "--force", help="Publish even if worse than the promoted version"),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Promote the new version"),
 ) -> None:
-    """Train (or fine-tune) the encoder, export ONNX, verify, publish; prints one JSON line."""
+    """Train (or fine-tune) the encoder, export ONNX, verify, publish; prints one JSON line.
+
+    Unset options take the defaults of ``model.trainer.TrainConfig`` (tuned on
+    MovieLens-100K).  With ``--from`` the network shape and feature spec come
+    from the parent version and the shape options are ignored.
+    """
+    from dataclasses import replace
+
     from model.registry import ModelRejected
     from model.trainer import TrainConfig, train
 
     source = _events_source(events, movielens)
-    defaults = TrainConfig()
-    cfg = TrainConfig(
-        epochs=epochs, seed=seed, dim=dim, width=width, layers=layers, heads=heads, max_len=max_len,
-        batch_size=batch_size, lr=lr, dropout=dropout, negatives=negatives, patience=patience,
-        time_budget_s=time_budget_s, threads=threads, hash_buckets=defaults.hash_buckets,
-    )  # fmt: skip
+    given: dict[str, Any] = {
+        "epochs": epochs,
+        "dim": dim,
+        "width": width,
+        "layers": layers,
+        "heads": heads,
+        "max_len": max_len,
+        "batch_size": batch_size,
+        "lr": lr,
+        "dropout": dropout,
+        "negatives": negatives,
+        "patience": patience,
+        "time_budget_s": time_budget_s,
+        "threads": threads,
+    }
+    cfg = replace(TrainConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
     try:
         result = train(
-            source, registry, cfg, from_version=from_version, time_unit=time_unit,
-            out_plot=out_plot, force=force, promote=promote,
-        )  # fmt: skip
+            source,
+            registry,
+            cfg,
+            from_version=from_version,
+            time_unit=time_unit,
+            out_plot=out_plot,
+            force=force,
+            promote=promote,
+        )
     except (ModelRejected, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
         return
@@ -83,7 +108,9 @@ def train_cmd(
 
 def eval_cmd(
     events: Path | None = typer.Option(None, "--events", help="CSV / JSON-lines / .inter events file"),
-    movielens: bool = typer.Option(False, "--movielens", help="Use the MovieLens-100K file shipped with recbole"),
+    movielens: bool = typer.Option(
+        False, "--movielens", help="Use the MovieLens-100K file shipped with recbole"
+    ),
     registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry"),
     version: str | None = typer.Option(None, "--version", help="Version to evaluate (default: promoted)"),
     target: str = typer.Option("test", "--target", help="test (last event) or valid (the one before)"),
@@ -98,7 +125,9 @@ def eval_cmd(
         _fail("--target must be test or valid")
     try:
         people = load_events(_events_source(events, movielens), time_unit)
-        report = evaluate_version(people, str(registry), version, target=target)  # type: ignore[arg-type]
+        report = evaluate_version(
+            people, str(registry), version, target="test" if target == "test" else "valid"
+        )
     except (ModelRejected, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
         return

@@ -1,20 +1,22 @@
 """The interest encoder: a causal transformer over a person's event sequence.
 
-Built from Hugging Face ``BertLayer`` blocks instantiated from a
-``BertConfig`` (never downloaded): the encoder stack is standard, well tested
-and exports cleanly to ONNX.  What is ours is the event embedding and the
-two heads:
+Built from Hugging Face transformer blocks instantiated from a config object
+(``BertConfig`` + ``BertLayer`` by default, ``GPT2Config`` + ``GPT2Block`` as
+an option; nothing is downloaded): the block is standard, well tested and
+exports cleanly to ONNX.  What is ours is the event embedding and the heads:
 
 * event embedding = sum over ``k`` hashed item tables + action + platform +
   time-gap bucket + position, then LayerNorm and dropout;
 * person head: the hidden state at the last (most recent) column, projected
-  to ``dim`` and L2-normalised;
-* item head: the *same* hashed item tables, projected to ``dim`` and
-  L2-normalised, so every item id string (even one never seen in training)
-  has a vector in the person space.
-
-Scores are cosine similarities times a learned scale, which is exactly what
-an ANN index with cosine distance (Cassandra SAI) computes in production.
+  and L2-normalised: one unit vector of ``dim`` per person;
+* item head: the *same* hashed item tables, projected and normalised, so any
+  item id string (even one never seen in training) has a vector in the
+  person space.  With ``item_bias`` (default) the last of the ``dim``
+  coordinates is a learned per-item bias (popularity) and the person vector
+  carries a constant there, so ``person . item`` = ``cos + bias`` up to the
+  person's norm factor: rank items by the **dot product** (what the item
+  index, ``interest recommend`` and an ANN index with dot-product similarity
+  compute).
 
 Attention is causal and ignores padding, with each position always allowed
 to attend to itself so a fully padded row never produces NaN.  Because
@@ -48,8 +50,8 @@ class EncoderConfig:
     dropout: float = 0.2
     attn_dropout: float = 0.0
     init_scale: float = 10.0
-    score: str = "cosine"  # "cosine": unit items x learned scale; "dot": raw dot product
     block: str = "bert"  # "bert": post-LN BertLayer; "gpt2": pre-LN GPT2Block
+    item_bias: bool = False  # reserve the last vector coordinate for a learned item bias
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,19 +69,34 @@ def _blocks(cfg: EncoderConfig, max_len: int) -> list[nn.Module]:
         from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
         gpt = GPT2Config(
-            vocab_size=1, n_positions=max_len, n_embd=cfg.width, n_layer=cfg.layers, n_head=cfg.heads,
-            n_inner=cfg.width * cfg.ffn_mult, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.attn_dropout, activation_function="gelu", bos_token_id=None, eos_token_id=None,
-        )  # fmt: skip
+            vocab_size=1,
+            n_positions=max_len,
+            n_embd=cfg.width,
+            n_layer=cfg.layers,
+            n_head=cfg.heads,
+            n_inner=cfg.width * cfg.ffn_mult,
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.attn_dropout,
+            activation_function="gelu",
+            bos_token_id=None,
+            eos_token_id=None,
+        )
         gpt._attn_implementation = "eager"
         return [GPT2Block(gpt, layer_idx=i) for i in range(cfg.layers)]
     if cfg.block != "bert":
         raise ValueError(f"unknown block type {cfg.block!r} (bert or gpt2)")
     bert = BertConfig(
-        vocab_size=1, hidden_size=cfg.width, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-        intermediate_size=cfg.width * cfg.ffn_mult, hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.attn_dropout, max_position_embeddings=max_len, hidden_act="gelu",
-    )  # fmt: skip
+        vocab_size=1,
+        hidden_size=cfg.width,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        intermediate_size=cfg.width * cfg.ffn_mult,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.attn_dropout,
+        max_position_embeddings=max_len,
+        hidden_act="gelu",
+    )
     bert._attn_implementation = "eager"
     return [BertLayer(bert, layer_idx=i) for i in range(cfg.layers)]
 
@@ -106,8 +123,13 @@ class InterestEncoder(nn.Module):
         # Post-LN (BERT) normalises the embeddings first; pre-LN (GPT-2) normalises the output.
         self.emb_norm = nn.LayerNorm(w) if cfg.block == "bert" else nn.Identity()
         self.final_norm = nn.LayerNorm(w) if cfg.block == "gpt2" else nn.Identity()
-        self.person_proj = nn.Linear(w, cfg.dim)
-        self.item_proj = nn.Linear(w, cfg.dim)
+        out = cfg.dim - 1 if cfg.item_bias else cfg.dim
+        self.person_proj = nn.Linear(w, out)
+        self.item_proj = nn.Linear(w, out)
+        self.bias_tables = nn.ModuleList(
+            nn.Embedding(spec.hash_buckets, 1, padding_idx=0)
+            for _ in range(spec.n_hashes if cfg.item_bias else 0)
+        )
         self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_scale)))
         self._init_weights()
 
@@ -136,17 +158,32 @@ class InterestEncoder(nn.Module):
         return emb
 
     def item_vectors(self, *hashes: torch.Tensor) -> torch.Tensor:
-        """Unit item vectors ``[N, dim]`` from ``item_hash_k`` int64 ``[N]`` inputs."""
-        vec = self.item_proj(self.item_embedding(list(hashes)))
-        return nn.functional.normalize(vec, dim=-1) if self.cfg.score == "cosine" else vec
+        """Item vectors ``[N, dim]`` from ``item_hash_k`` int64 ``[N]`` inputs.
+
+        Cosine scoring: unit vectors.  With ``item_bias`` the last coordinate is
+        the item's learned bias (how much more likely than its direction alone
+        suggests, i.e. popularity), which the person vector's constant last
+        coordinate turns into an additive score term.
+        """
+        vec = nn.functional.normalize(self.item_proj(self.item_embedding(list(hashes))), dim=-1)
+        if self.cfg.item_bias:
+            bias = self.bias_tables[0](hashes[0])
+            for table, ids in zip(self.bias_tables[1:], hashes[1:], strict=True):
+                bias = bias + table(ids)
+            vec = torch.cat([vec, bias], dim=-1)
+        return vec
 
     def hidden(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Hidden states ``[B, L, w]`` for inputs ordered as ``spec.input_names()``."""
         k = self.spec.n_hashes
         hashes = inputs[:k]
         action, platform, gap, position, mask = inputs[k:]
-        x = self.item_embedding(hashes)
-        x = x + self.action_emb(action) + self.platform_emb(platform) + self.gap_emb(gap)
+        x = (
+            self.item_embedding(hashes)
+            + self.action_emb(action)
+            + self.platform_emb(platform)
+            + self.gap_emb(gap)
+        )
         x = x + self.pos_emb(position)
         x = self.emb_drop(self.emb_norm(x))
         length = mask.shape[1]
@@ -162,14 +199,20 @@ class InterestEncoder(nn.Module):
             x = layer(x, attention_mask=bias) if self.cfg.block == "gpt2" else layer(x, bias)
         return self.final_norm(x)
 
+    def _person(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Person side of the score before the final normalisation."""
+        vec = nn.functional.normalize(self.person_proj(hidden), dim=-1)
+        if self.cfg.item_bias:
+            vec = torch.cat([vec, torch.ones_like(vec[..., :1])], dim=-1)
+        return vec
+
     def person_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.person_proj(hidden), dim=-1)
+        """Unit person vector: the same ranking as training's scores, any scale removed."""
+        return nn.functional.normalize(self._person(hidden), dim=-1)
 
     def person_for_scoring(self, hidden: torch.Tensor) -> torch.Tensor:
         """Training-time person side of the logits (ranking-equivalent to the unit vector)."""
-        if self.cfg.score == "cosine":
-            return self.person_from_hidden(hidden) * self.scale
-        return self.person_proj(hidden)
+        return self._person(hidden) * self.scale
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Unit interest vectors ``[B, dim]``: the exported ONNX graph."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -84,7 +84,9 @@ def rank_metrics(scores_fn: Callable[[slice], np.ndarray], data: EvalSet, k: int
     return {f"ndcg@{k}": ndcg / max(users, 1), f"hr@{k}": hits / max(users, 1), "users": users}
 
 
-def vector_metrics(person_vecs: np.ndarray, item_vecs: np.ndarray, data: EvalSet, k: int = 10) -> dict[str, float]:
+def vector_metrics(
+    person_vecs: np.ndarray, item_vecs: np.ndarray, data: EvalSet, k: int = 10
+) -> dict[str, float]:
     """Metrics for dot-product scoring of person vectors against catalogue item vectors."""
     return rank_metrics(lambda rows: person_vecs[rows] @ item_vecs.T, data, k)
 
@@ -113,7 +115,7 @@ def evaluate_version(
     target: Target = "test",
     k: int = 10,
     use_gpu: str = "auto",
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Evaluate a published version through the ONNX runtime, with the popularity baseline."""
     from model.runtime import EncoderRuntime
 

@@ -53,9 +53,21 @@ class _ItemTower(nn.Module):
         return self.model.item_vectors(*hashes)
 
 
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], output: str,
-            axes: dict[int, str], path: Path) -> None:
-    """TorchScript-based export: mature, deterministic, and handles the dynamic axes we need."""
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    names: list[str],
+    output: str,
+    axes: dict[int, str],
+    path: Path,
+    dim: int,
+) -> None:
+    """TorchScript-based export: mature, deterministic, and handles the dynamic axes we need.
+
+    The output's second axis is pinned to ``dim`` in the graph (the exporter
+    leaves it symbolic when the vector is assembled with a concat), so
+    consumers and ``verify`` can read the dimension from the model itself.
+    """
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -73,7 +85,10 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
         )
     proto = onnx.load(str(path))
     proto.ir_version = IR_VERSION  # what onnxruntime 1.2x/1.3x loads everywhere
-    onnx.checker.check_model(proto)
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    out_dims[1].Clear()
+    out_dims[1].dim_value = dim
+    onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
 
 
@@ -92,11 +107,18 @@ def random_sequences(spec: FeatureSpec, count: int, seed: int) -> list[list[SeqE
     for b in range(count):
         length = int(rng.integers(1, spec.max_len + 1))
         stamps = np.cumsum(rng.integers(0, 10**8, size=length))
-        out.append([
-            SeqEvent(f"r{b}-{i}", int(stamps[i]), f"item-{int(rng.integers(0, 10**6))}",
-                     actions[int(rng.integers(len(actions)))], platforms[int(rng.integers(len(platforms)))])
-            for i in range(length)
-        ])  # fmt: skip
+        out.append(
+            [
+                SeqEvent(
+                    f"r{b}-{i}",
+                    int(stamps[i]),
+                    f"item-{int(rng.integers(0, 10**6))}",
+                    actions[int(rng.integers(len(actions)))],
+                    platforms[int(rng.integers(len(platforms)))],
+                )
+                for i in range(length)
+            ]
+        )
     return out
 
 
@@ -118,7 +140,10 @@ def check_parity(
     spec = model.spec
     sess, item_sess = cpu_session(model_path), cpu_session(item_path)
     report: dict[str, float] = {}
-    batches = {"random": random_sequences(spec, 64, seed=7), "real": list(real)[:256]}
+    batches: dict[str, Sequence[Sequence[SeqEvent]]] = {
+        "random": random_sequences(spec, 64, seed=7),
+        "real": list(real)[:256],
+    }
     for label, seqs in batches.items():
         if not seqs:
             continue
@@ -169,10 +194,19 @@ def export_all(
     spec = model.spec
     sample = featurize(random_sequences(spec, 3, seed=3), spec)
     args = tuple(torch.from_numpy(sample[n]) for n in spec.input_names())
-    _export(model, args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, out_dir / "model.onnx")
+    dim = model.cfg.dim
+    _export(model, args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, out_dir / "model.onnx", dim)
     items = item_inputs(["a", "b", "c"], spec)
     item_args = tuple(torch.from_numpy(items[n]) for n in spec.item_input_names())
-    _export(_ItemTower(model), item_args, spec.item_input_names(), ITEM_OUTPUT, {0: "n"}, out_dir / "item_model.onnx")
+    _export(
+        _ItemTower(model),
+        item_args,
+        spec.item_input_names(),
+        ITEM_OUTPUT,
+        {0: "n"},
+        out_dir / "item_model.onnx",
+        dim,
+    )
     parity = check_parity(model, out_dir / "model.onnx", out_dir / "item_model.onnx", real, item_ids)
     info: dict[str, object] = {"opset": OPSET, "ir_version": IR_VERSION, "parity_max_abs_diff": parity}
     if fp16:

@@ -38,9 +38,22 @@ PAD = 0
 # Gap to the previous event, in seconds: same moment, within a session,
 # within a day, ... up to "more than a year".
 DEFAULT_GAP_BOUNDARIES_S: tuple[float, ...] = (
-    1, 10, 60, 300, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400,
-    2 * 86400, 7 * 86400, 30 * 86400, 90 * 86400, 365 * 86400,
-)  # fmt: skip
+    1,
+    10,
+    60,
+    300,
+    1800,
+    3600,
+    3 * 3600,
+    6 * 3600,
+    12 * 3600,
+    86400,
+    2 * 86400,
+    7 * 86400,
+    30 * 86400,
+    90 * 86400,
+    365 * 86400,
+)
 
 _HASH_CACHE_MAX = 1 << 20
 
@@ -252,11 +265,13 @@ def featurize(
     actions: list[str] = []
     platforms: list[str] = []
     stamps: list[int] = []
-    prev_ts = np.full(n_seq, -1, dtype=np.int64)  # -1: no previous event known
+    prev_ts = np.zeros(n_seq, dtype=np.int64)
+    truncated = np.zeros(n_seq, dtype=bool)  # the event before the window is known
     for b, seq in enumerate(sequences):
         tail = seq[-window:] if len(seq) > window else seq
         if len(seq) > window:
             prev_ts[b] = seq[len(seq) - window - 1].ts_ms
+            truncated[b] = True
         items += [ev.item_id for ev in tail]
         actions += [ev.action for ev in tail]
         platforms += [ev.platform for ev in tail]
@@ -276,11 +291,13 @@ def featurize(
     ts = np.asarray(stamps, dtype=np.int64)
     prev = np.empty_like(ts)
     prev[1:] = ts[:-1]
+    has_prev = np.ones(total, dtype=bool)
     firsts = starts[lens > 0]
     prev[firsts] = prev_ts[lens > 0]
+    has_prev[firsts] = truncated[lens > 0]
     gap_s = np.maximum(ts - prev, 0).astype(np.float64) / 1000.0
     gap = 2 + np.searchsorted(np.asarray(spec.gap_boundaries_s, dtype=np.float64), gap_s, side="right")
-    gap[prev < 0] = 1
+    gap[~has_prev] = 1
 
     hashed = hash_items(items, spec)
     for k, name in enumerate(spec.item_input_names()):

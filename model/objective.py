@@ -13,6 +13,10 @@
 * :class:`Ema` keeps an exponential moving average of the weights and
   :func:`drop_items` hides random input items: both regularise a model that
   would otherwise memorise the (few) training sequences.
+* :func:`cooccurrence_vectors` / :func:`init_item_tables` start the hashed
+  item tables from the training sequences' windowed co-occurrence, so the
+  transformer refines "items used together are alike" instead of learning
+  it from noise (faster, and less dependent on the seed).
 """
 
 from __future__ import annotations
@@ -26,67 +30,121 @@ from torch import nn
 from model.data import Split
 from model.encoder import InterestEncoder
 from model.features import FeatureSpec, featurize
-from schemas.sequence import SeqEvent
 
 
-def shuffle_ties(seq: list[SeqEvent], rng: np.random.Generator) -> list[SeqEvent]:
-    """Randomly reorder events that share a timestamp (their order carries no signal)."""
-    stamps = np.fromiter((e.ts_ms for e in seq), np.int64, len(seq))
-    if len(seq) < 2 or not (stamps[1:] == stamps[:-1]).any():
-        return seq
-    keys = rng.random(len(seq))
-    order = np.lexsort((keys, stamps))
-    return [seq[i] for i in order]
+def session_order(
+    stamps_ms: np.ndarray, person: np.ndarray, window_s: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A permutation that shuffles events within each session, for flat per-event arrays.
+
+    A session is a run of one person's consecutive events whose gaps are at
+    most ``window_s`` (0: only events sharing a timestamp).  ``payload[order]``
+    moves items, actions and platforms between the time slots of a session
+    while timestamps (and so time-gap features) stay in place.  The recorded
+    order inside a burst of activity is mostly arbitrary (batch uploads,
+    same-second logs), and a model that learns it memorises noise.
+    """
+    breaks = np.ones(len(stamps_ms), dtype=bool)
+    breaks[1:] = (np.diff(stamps_ms) > window_s * 1000.0) | (person[1:] != person[:-1])
+    return np.lexsort((rng.random(len(stamps_ms)), np.cumsum(breaks)))
 
 
 class TrainWindows:
-    """Training windows: inputs, next-``future`` targets and their weights per person.
+    """Training windows: inputs, next-``future`` targets and their weights.
 
-    Target ``k`` of position ``i`` is the event ``i + k`` (k = 1 is the next
-    item), weighted by its action weight times ``decay ** (k - 1)``: besides
-    the next item, the model is also asked for the few after it, which makes
-    the vector describe the person's near-term interests rather than one item.
-    With ``shuffle_ties`` every epoch reorders events that share a timestamp
-    (batch uploads, logged-in-the-same-second), so the model does not learn
-    an order that does not exist.
+    Every person's training events are featurised once with
+    :func:`model.features.featurize` (the same code the runtime uses), kept as
+    flat per-event columns, and cut into windows of ``max_len`` inputs by
+    index arithmetic each epoch, so re-cutting and re-shuffling cost
+    milliseconds.  Target ``k`` of an input is the ``k``-th event after it
+    (k = 1: the next item), weighted by its action weight times the event
+    weight times ``decay ** (k - 1)``.  The latest window of each person is
+    always used; ``all_windows`` adds the earlier ones (long histories are not
+    wasted) and ``random_offsets`` moves their boundaries every epoch so each
+    target is seen with varying amounts of context.  ``shuffle_window_s``
+    re-draws the order inside sessions every epoch (:func:`session_order`).
     """
 
-    def __init__(self, split: Split, spec: FeatureSpec, catalogue: list[str], weights: dict[str, float],
-                 future: int = 1, decay: float = 0.5, shuffle_ties: bool = False,
-                 all_windows: bool = False) -> None:  # fmt: skip
-        self.spec, self.future, self.decay, self.shuffle = spec, max(1, future), decay, shuffle_ties
-        self.index = {item: i for i, item in enumerate(catalogue)}
-        self.action_weights = weights
-        self.windows = []
-        for person in sorted(split.train):
-            seq = split.train[person]
-            # The latest window, plus (with all_windows) earlier ones so long histories are not wasted.
-            for end in range(len(seq), 1, -spec.max_len):
-                self.windows.append(seq[max(0, end - spec.max_len - 1) : end])
-                if not all_windows:
-                    break
-        self.lengths = np.array([len(w) - 1 for w in self.windows], dtype=np.int64)
+    PAYLOAD = ("action", "platform")
+
+    def __init__(
+        self,
+        split: Split,
+        spec: FeatureSpec,
+        catalogue: list[str],
+        weights: dict[str, float],
+        future: int = 1,
+        decay: float = 0.5,
+        shuffle_window_s: float | None = None,
+        all_windows: bool = False,
+        random_offsets: bool = False,
+    ) -> None:
+        self.spec, self.future, self.decay, self.shuffle = spec, max(1, future), decay, shuffle_window_s
+        self.all_windows, self.random_offsets = all_windows, random_offsets
         self.names = spec.input_names()
+        seqs = [split.train[p] for p in sorted(split.train) if len(split.train[p]) >= 2]
+        self.lens = np.array([len(q) for q in seqs], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lens)[:-1]]).astype(np.int64)
+        self.person = np.repeat(np.arange(len(seqs)), self.lens)
+        index = {item: i for i, item in enumerate(catalogue)}
+        events = [e for q in seqs for e in q]
+        self.stamps = np.fromiter((e.ts_ms for e in events), np.int64, len(events))
+        self.cols: dict[str, np.ndarray] = {
+            "target": np.fromiter((index[e.item_id] for e in events), np.int64, len(events)),
+            "weight": np.fromiter(
+                (weights.get(e.action, 1.0) * e.weight for e in events), np.float32, len(events)
+            ),
+        }
+        per_event: dict[str, list[np.ndarray]] = {
+            n: [] for n in (*spec.item_input_names(), *self.PAYLOAD, "time_gap")
+        }
+        for lo in range(0, len(seqs), 512):  # featurize each whole history, 512 people at a time
+            part = seqs[lo : lo + 512]
+            feats = featurize(part, spec, max_len=max(len(q) for q in part))
+            real = feats["mask"] > 0  # left-padded rows: row-major order is event order
+            for name, chunks in per_event.items():
+                chunks.append(feats[name][real])
+        self.cols.update({name: np.concatenate(chunks) for name, chunks in per_event.items()})
+        self.moving = [*spec.item_input_names(), *self.PAYLOAD, "target", "weight"]
         self.build(None)
 
+    def _windows(self, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """(first input event, number of inputs) of every window this epoch."""
+        size = self.spec.max_len
+        firsts, counts = [], []
+        for start, n in zip(self.starts.tolist(), self.lens.tolist(), strict=True):
+            ends = [n]
+            if self.all_windows:
+                offset = int(rng.integers(size)) if rng is not None and self.random_offsets else 0
+                ends += [e for e in range(n - offset, 1, -size) if e != n]
+            for end in ends:
+                first = max(0, end - size - 1)
+                firsts.append(start + first)
+                counts.append(end - first - 1)
+        return np.asarray(firsts, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+
     def build(self, rng: np.random.Generator | None) -> None:
-        """(Re)featurise, shuffling tied events first when enabled and ``rng`` is given."""
-        windows = self.windows
-        if self.shuffle and rng is not None:
-            windows = [shuffle_ties(w, rng) for w in windows]
-        width, n, k_max = self.spec.max_len, len(windows), self.future
-        self.feats = featurize([w[:-1] for w in windows], self.spec, pad_to=width)
-        self.targets = np.full((n, width, k_max), -1, dtype=np.int64)
-        self.weights = np.zeros((n, width, k_max), dtype=np.float32)
-        for row, window in enumerate(windows):
-            ids = np.fromiter((self.index[e.item_id] for e in window), np.int64, len(window))
-            wts = np.fromiter((self.action_weights.get(e.action, 1.0) * e.weight for e in window),
-                              np.float32, len(window))  # fmt: skip
-            m = len(window) - 1
-            for k in range(1, min(k_max, m) + 1):
-                count = m - k + 1
-                self.targets[row, width - m : width - m + count, k - 1] = ids[k : k + count]
-                self.weights[row, width - m : width - m + count, k - 1] = wts[k : k + count] * self.decay ** (k - 1)
+        """(Re)cut the windows and gather their tensors; with ``rng``, draw offsets and shuffles."""
+        cols = self.cols
+        if self.shuffle is not None and rng is not None:
+            order = session_order(self.stamps, self.person, self.shuffle, rng)
+            cols = {**cols, **{name: cols[name][order] for name in self.moving}}
+        firsts, counts = self._windows(rng)
+        width = self.spec.max_len
+        rel = np.arange(width)[None, :] - (width - counts)[:, None]  # input index inside the window
+        real = rel >= 0
+        event = np.where(real, firsts[:, None] + rel, 0)
+        self.lengths = counts
+        self.feats = {name: np.where(real, cols[name][event], 0) for name in self.names[:-2]}
+        self.feats["position"] = np.where(real, rel, 0)
+        self.feats["mask"] = real.astype(np.int64)
+        self.targets = np.full((len(counts), width, self.future), -1, dtype=np.int64)
+        self.weights = np.zeros((len(counts), width, self.future), dtype=np.float32)
+        for k in range(1, self.future + 1):
+            has = real & (rel + k <= counts[:, None])
+            nxt = np.where(has, event + k, 0)
+            self.targets[..., k - 1] = np.where(has, cols["target"][nxt], -1)
+            self.weights[..., k - 1] = np.where(has, cols["weight"][nxt] * self.decay ** (k - 1), 0.0)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -124,13 +182,16 @@ class SoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
         logp = torch.log_softmax(a @ b.T, dim=1)
         ctx.save_for_backward(a, b, target, w, logp)
         return -(logp.gather(1, target) * w).sum(dim=1)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        # Reuses the saved log-probabilities in place: backward runs once per step (no retain_graph).
         a, b, target, w, logp = ctx.saved_tensors
         probs = logp.exp_()
         probs.mul_((w.sum(dim=1) * grad).unsqueeze(1))
@@ -158,7 +219,9 @@ class Ema:
                 self.state[key].copy_(value)
 
 
-def drop_items(inputs: list[torch.Tensor], n_hashes: int, rate: float, gen: torch.Generator) -> list[torch.Tensor]:
+def drop_items(
+    inputs: list[torch.Tensor], n_hashes: int, rate: float, gen: torch.Generator
+) -> list[torch.Tensor]:
     """Hide the item of a random ``rate`` of input events (the event itself stays).
 
     The model must then rely on context and the other features instead of
@@ -177,6 +240,7 @@ def loss(
     negatives: int,
     gen: torch.Generator,
 ) -> torch.Tensor:
+    """Weighted mean cross-entropy of one batch (positions without a next item are skipped)."""
     keep = targets[..., 0] >= 0
     people = model.person_for_scoring(model.hidden(inputs)[keep])
     tgt = targets[keep].clamp(min=0)  # [N, K]; missing targets carry weight 0
@@ -191,3 +255,62 @@ def loss(
     items = model.item_vectors(*(hashes[:, k] for k in range(hashes.shape[1])))
     per_row = SoftmaxCE.apply(people, items, tgt, wts)
     return per_row.sum() / wts.sum().clamp(min=1e-6)
+
+
+def _top_eigen(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest-magnitude eigenpairs of a symmetric matrix: exact when small, else randomised.
+
+    The randomised subspace iteration (fixed seed, so deterministic) costs
+    ``O(n^2 rank)`` instead of the ``O(n^3)`` of a full decomposition.
+    """
+    size = len(matrix)
+    rank = min(rank, size)
+    if size <= 2000:
+        values, vectors = np.linalg.eigh(matrix)
+    else:
+        basis = np.random.default_rng(0).standard_normal((size, min(size, rank + 16)))
+        for _ in range(5):
+            basis = np.linalg.qr(matrix @ basis)[0]
+        values, small = np.linalg.eigh(basis.T @ matrix @ basis)
+        vectors = basis @ small
+    top = np.argsort(-np.abs(values), kind="stable")[:rank]
+    return values[top], vectors[:, top]
+
+
+def cooccurrence_vectors(
+    split: Split, catalogue: list[str], width: int, window: int = 10, max_items: int = 5000
+) -> np.ndarray | None:
+    """Item vectors from the training sequences' windowed co-occurrence (item2vec-like).
+
+    Items seen within ``window`` positions of each other (either order,
+    weight ``1/distance``) get similar vectors: a truncated SVD of the
+    cosine-normalised co-occurrence matrix.  Used to initialise the hashed
+    item tables so training starts from "items used together are alike"
+    instead of noise.  Returns None for catalogues above ``max_items`` (the
+    dense matrix would not pay off).
+    """
+    size = len(catalogue)
+    if size > max_items or size < 2:
+        return None
+    index = {item: i for i, item in enumerate(catalogue)}
+    counts = np.zeros((size, size), dtype=np.float64)
+    for seq in split.train.values():
+        ids = np.fromiter((index[e.item_id] for e in seq), np.int64, len(seq))
+        for d in range(1, min(window, len(ids) - 1) + 1):
+            np.add.at(counts, (ids[:-d], ids[d:]), 1.0 / d)
+    counts += counts.T
+    norm = 1.0 / np.sqrt(counts.sum(axis=1) + 1.0)
+    values, left = _top_eigen(counts * norm[:, None] * norm[None, :], width)
+    rank = len(values)
+    vectors = np.zeros((size, width), dtype=np.float64)
+    vectors[:, :rank] = left * np.sqrt(np.abs(values))
+    vectors /= np.linalg.norm(vectors, axis=1).mean() + 1e-12  # mean row norm 1
+    return vectors.astype(np.float32)
+
+
+@torch.no_grad()
+def init_item_tables(model: InterestEncoder, hashes: np.ndarray, vectors: np.ndarray) -> None:
+    """Write item vectors into the hashed tables: every table holds ``vector / k`` at the item's bucket."""
+    tables: list[nn.Embedding] = list(model.item_tables)  # type: ignore[arg-type]
+    for t, table in enumerate(tables):
+        table.weight[torch.from_numpy(hashes[:, t])] = torch.from_numpy(vectors) / len(tables)

@@ -21,16 +21,25 @@ def plot_training(history: Sequence[Any], best_epoch: int, path: Path, title: st
     ax.set_ylabel("weighted cross-entropy", color="tab:blue")
     right = ax.twinx()
     scored = [h for h in history if h.valid]
-    right.plot([h.epoch for h in scored], [h.valid["ndcg@10"] for h in scored], color="tab:orange",
-               label="valid NDCG@10")  # fmt: skip
-    right.plot([h.epoch for h in scored], [h.valid["hr@10"] for h in scored], color="tab:green",
-               linestyle="--", label="valid HR@10")  # fmt: skip
+    right.plot(
+        [h.epoch for h in scored],
+        [h.valid["ndcg@10"] for h in scored],
+        color="tab:orange",
+        label="valid NDCG@10",
+    )
+    right.plot(
+        [h.epoch for h in scored],
+        [h.valid["hr@10"] for h in scored],
+        color="tab:green",
+        linestyle="--",
+        label="valid HR@10",
+    )
     right.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
     right.set_ylabel("validation metric")
     lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
     ax.legend(lines, labels, loc="center right", fontsize=8)
-    ax.set_title(f"training {title}".strip())
+    ax.set_title(title or f"training: best validation epoch {best_epoch}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -30,6 +30,7 @@ from model.evaluate import (
 )
 from model.export import PARITY_TOL, export_all
 from model.features import FeatureSpec, featurize
+from model.plots import plot_training
 from model.registry import ModelRejected, Registry
 from model.runtime import EncoderRuntime
 from model.trainer import Trained, item_vectors
@@ -100,14 +101,14 @@ def publish_trained(
         stage = Path(tmp)
         onnx_info = export_all(model, stage, real=valid.histories, item_ids=catalogue)
         np.savez(
-            stage / "items.npz", ids=np.asarray(catalogue, dtype=str), vectors=item_vectors(model, catalogue, spec)
+            stage / "items.npz",
+            ids=np.asarray(catalogue, dtype=str),
+            vectors=item_vectors(model, catalogue, spec),
         )
         save_weights(model, stage / "weights.npz")
-        files = {
-            name: stage / name
-            for name in ("model.onnx", "model_fp16.onnx", "item_model.onnx", "items.npz", "weights.npz")
-            if (stage / name).is_file()
-        }
+        plot_training(trained.history, trained.best_epoch, stage / "training.png")
+        names = ["model.onnx", "model_fp16.onnx", "item_model.onnx", "items.npz", "weights.npz"]
+        files = {name: stage / name for name in [*names, "training.png"] if (stage / name).is_file()}
         manifest: dict[str, Any] = {
             "version": "candidate",
             "dimension": trained.enc_cfg.dim,
@@ -134,7 +135,7 @@ def publish_trained(
         if promoted is not None and valid.people:
             try:
                 ref = evaluate_version(people, str(registry.root), promoted, target="valid", use_gpu="no")
-                baseline = float(ref["ndcg@10"])  # type: ignore[arg-type]
+                baseline = float(ref["ndcg@10"])
                 metrics["promoted_on_same_data"] = {"version": promoted, "valid_ndcg@10": baseline}
             except (ModelRejected, KeyError, ValueError) as exc:
                 metrics["promoted_on_same_data"] = {"version": promoted, "error": str(exc)}

@@ -7,6 +7,7 @@ Layout under ``root``::
     <version>/item_model.onnx     item tower: any item id -> vector
     <version>/items.npz           item index: ids + vectors of the training catalogue
     <version>/weights.npz         PyTorch weights for warm starts (``--from``)
+    <version>/training.png        loss and validation curves of the run
     <version>/manifest.json       everything else (see ``publish``)
     PROMOTED                      {"version": ..., "history": [...]} replaced atomically
     promotions.log                append-only audit trail of promote/rollback
@@ -102,9 +103,10 @@ class Registry:
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name for p in self.root.iterdir()
+            p.name
+            for p in self.root.iterdir()
             if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
-        )  # fmt: skip
+        )
 
     def _pointer(self) -> dict[str, Any]:
         path = self.root / PROMOTED
@@ -200,6 +202,7 @@ class Registry:
                 f"{baseline:.4f} by more than {tolerance}; use force to publish anyway"
             )
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+        staging.chmod(0o755)  # mkdtemp makes it private; workers may run as another user
         try:
             sums = {}
             for name, src in files.items():

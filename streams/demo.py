@@ -60,8 +60,11 @@ def train_first_model(settings: Settings, users: int, items: int, seed: int) -> 
     return str(result.version)
 
 
+_ADAPTERS = load_adapters()
+
+
 def _item(event: RawEvent) -> str:
-    adapter = load_adapters()[event.topic.split(".")[1]]
+    adapter = _ADAPTERS[event.topic.split(".")[1]]
     cur: Any = event.value
     for key in adapter.item_field:
         cur = cur[key]

@@ -21,7 +21,9 @@ from schemas.sequence import SeqEvent
 T0_MS = 1_700_000_000_000
 
 
-def synthetic_events(people: int = 80, seed: int = 0, genres: int = 6, per_genre: int = 12) -> list[dict[str, Any]]:
+def synthetic_events(
+    people: int = 80, seed: int = 0, genres: int = 6, per_genre: int = 12
+) -> list[dict[str, Any]]:
     """Canonical event dicts: person p walks genre g's items in order, with some noise."""
     rng = random.Random(seed)
     events: list[dict[str, Any]] = []
@@ -53,9 +55,15 @@ def make_sequences(count: int, seed: int = 0, max_events: int = 30) -> list[list
         seq = []
         for i in range(rng.randint(0, max_events)):
             ts += rng.randint(0, 10**7)
-            seq.append(SeqEvent(f"e{b}-{i}", ts, f"g{rng.randrange(6)}-i{rng.randrange(12)}",
-                                rng.choice(["click", "browse", "purchase", "share"]),
-                                rng.choice(["web", "app", "smart-fridge"])))  # fmt: skip
+            seq.append(
+                SeqEvent(
+                    f"e{b}-{i}",
+                    ts,
+                    f"g{rng.randrange(6)}-i{rng.randrange(12)}",
+                    rng.choice(["click", "browse", "purchase", "share"]),
+                    rng.choice(["web", "app", "smart-fridge"]),
+                )
+            )
         out.append(seq)
     return out
 
@@ -64,9 +72,20 @@ def tiny_config(**overrides: Any) -> Any:
     from model.trainer import TrainConfig
 
     base: dict[str, Any] = dict(
-        epochs=4, batch_size=16, max_len=12, width=16, heads=2, layers=1, dim=8,
-        hash_buckets=512, dropout=0.1, lr=3e-3, patience=10, progress=False, threads=1,
-    )  # fmt: skip
+        epochs=4,
+        batch_size=16,
+        max_len=12,
+        width=16,
+        heads=2,
+        layers=1,
+        dim=8,
+        hash_buckets=512,
+        dropout=0.1,
+        lr=3e-3,
+        patience=10,
+        progress=False,
+        threads=1,
+    )
     base.update(overrides)
     return TrainConfig(**base)
 

@@ -29,21 +29,49 @@ def events_csv(tmp_path_factory: pytest.TempPathFactory, events: list[dict[str, 
         writer = csv.DictWriter(handle, fieldnames=["user_id", "item_id", "timestamp", "action", "platform"])
         writer.writeheader()
         for e in events:
-            writer.writerow({**{k: e[k] for k in ("user_id", "item_id", "action", "platform")},
-                             "timestamp": e["ts_ms"]})  # fmt: skip
+            writer.writerow(
+                {**{k: e[k] for k in ("user_id", "item_id", "action", "platform")}, "timestamp": e["ts_ms"]}
+            )
     return path
 
 
-TINY = ["--epochs", "2", "--dim", "8", "--width", "16", "--layers", "1", "--max-len", "12",
-        "--batch-size", "16", "--threads", "1"]  # fmt: skip
+TINY = [
+    "--epochs",
+    "2",
+    "--dim",
+    "8",
+    "--width",
+    "16",
+    "--layers",
+    "1",
+    "--max-len",
+    "12",
+    "--batch-size",
+    "16",
+    "--threads",
+    "1",
+]
 
 
 def test_train_eval_and_models_commands(app: typer.Typer, events_csv: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     reg = tmp_path / "reg"
     plot = tmp_path / "curves.png"
-    res = runner.invoke(app, ["train", "--events", str(events_csv), "--registry", str(reg), "--seed", "1",
-                              "--out-plot", str(plot), *TINY])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--events",
+            str(events_csv),
+            "--registry",
+            str(reg),
+            "--seed",
+            "1",
+            "--out-plot",
+            str(plot),
+            *TINY,
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = [line for line in res.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, "train prints exactly one JSON line on stdout"
@@ -60,13 +88,16 @@ def test_train_eval_and_models_commands(app: typer.Typer, events_csv: Path, tmp_
     assert set(report) >= {"ndcg@10", "hr@10", "users", "popularity"}
     assert report["ndcg@10"] == pytest.approx(summary["metrics"]["test"]["ndcg@10"], abs=1e-6)
 
-    res = runner.invoke(app, ["train", "--events", str(events_csv), "--registry", str(reg), "--from", version,
-                              "--force", *TINY])  # fmt: skip
+    res = runner.invoke(
+        app,
+        ["train", "--events", str(events_csv), "--registry", str(reg), "--from", version, "--force", *TINY],
+    )
     assert res.exit_code == 0, res.output
     second = json.loads(res.stdout)["version"]
 
     listed = [
-        json.loads(line) for line in runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout.splitlines()
+        json.loads(line)
+        for line in runner.invoke(app, ["models", "list", "--registry", str(reg)]).stdout.splitlines()
     ]
     assert [m["version"] for m in listed] == [version, second]
     assert [m["promoted"] for m in listed] == [False, True]

@@ -15,12 +15,18 @@ from model.evaluate import EvalSet, build_eval_set, catalogue_of, popularity_met
 def test_csv_jsonl_and_inter_files_load_alike(tmp_path: Path) -> None:
     rows = [("u1", "a", 100), ("u1", "b", 50), ("u2", "a", 70), ("u1", "c", 100)]
     csv_path = tmp_path / "e.csv"
-    csv_path.write_text("user_id,item_id,timestamp,action\n" + "".join(f"{u},{i},{t},purchase\n" for u, i, t in rows))
+    csv_path.write_text(
+        "user_id,item_id,timestamp,action\n" + "".join(f"{u},{i},{t},purchase\n" for u, i, t in rows)
+    )
     jsonl = tmp_path / "e.jsonl"
-    jsonl.write_text("".join(json.dumps({"person_id": u, "item_id": i, "ts_ms": t * 1000}) + "\n" for u, i, t in rows))
+    jsonl.write_text(
+        "".join(json.dumps({"person_id": u, "item_id": i, "ts_ms": t * 1000}) + "\n" for u, i, t in rows)
+    )
     inter = tmp_path / "e.inter"
-    inter.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                     + "".join(f"{u}\t{i}\t3\t{t}\n" for u, i, t in rows))  # fmt: skip
+    inter.write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "".join(f"{u}\t{i}\t3\t{t}\n" for u, i, t in rows)
+    )
     for path, unit in ((csv_path, "s"), (jsonl, "ms"), (inter, "s")):
         people = load_events(path, unit)
         # time order, ties (a@100 / c@100) kept in file order
@@ -34,8 +40,12 @@ def test_time_units_and_iso_strings() -> None:
     assert detect_time_unit([1_700_000_000]) == "s"
     assert detect_time_unit([1_700_000_000_000]) == "ms"
     assert detect_time_unit([1_700_000_000_000_000]) == "us"
-    people = load_events([{"user_id": "p", "item_id": "x", "timestamp": "2024-01-01T00:00:01Z"},
-                          {"user_id": "p", "item_id": "y", "timestamp": "2024-01-01T00:00:00+00:00"}])  # fmt: skip
+    people = load_events(
+        [
+            {"user_id": "p", "item_id": "x", "timestamp": "2024-01-01T00:00:01Z"},
+            {"user_id": "p", "item_id": "y", "timestamp": "2024-01-01T00:00:00+00:00"},
+        ]
+    )
     assert [e.item_id for e in people["p"]] == ["y", "x"]
     assert people["p"][0].ts_ms == 1_704_067_200_000
     with pytest.raises(ValueError, match="item_id"):
@@ -51,8 +61,13 @@ def test_movielens_is_found_without_importing_recbole() -> None:
 
 
 def test_split_leaves_out_people_with_fewer_than_three_events() -> None:
-    people = load_events([{"user_id": u, "item_id": f"i{k}", "timestamp": 1_000 + k}
-                          for u, n in (("short", 2), ("long", 5)) for k in range(n)])  # fmt: skip
+    people = load_events(
+        [
+            {"user_id": u, "item_id": f"i{k}", "timestamp": 1_000 + k}
+            for u, n in (("short", 2), ("long", 5))
+            for k in range(n)
+        ]
+    )
     split = leave_two_out(people)
     assert set(split.test) == {"long"} and "short" in split.train
     assert split.test["long"].item_id == "i4" and split.valid["long"].item_id == "i3"
@@ -61,8 +76,12 @@ def test_split_leaves_out_people_with_fewer_than_three_events() -> None:
 
 
 def _eval_set(history: list[list[int]], targets: list[int]) -> EvalSet:
-    return EvalSet([f"p{i}" for i in range(len(targets))], [[] for _ in targets],
-                   [np.asarray(h, dtype=np.int64) for h in history], np.asarray(targets))  # fmt: skip
+    return EvalSet(
+        [f"p{i}" for i in range(len(targets))],
+        [[] for _ in targets],
+        [np.asarray(h, dtype=np.int64) for h in history],
+        np.asarray(targets),
+    )
 
 
 def test_full_ranking_masks_history_but_not_the_target() -> None:
@@ -90,8 +109,11 @@ def test_ties_never_help_a_model() -> None:
 
 
 def test_popularity_baseline_counts_only_events_before_the_targets() -> None:
-    rows = [{"user_id": f"u{u}", "item_id": item, "timestamp": t}
-            for u in range(3) for t, item in enumerate(["pop", "pop2", f"own{u}", "hidden"])]  # fmt: skip
+    rows = [
+        {"user_id": f"u{u}", "item_id": item, "timestamp": t}
+        for u in range(3)
+        for t, item in enumerate(["pop", "pop2", f"own{u}", "hidden"])
+    ]
     people = load_events(rows, "s")
     split = leave_two_out(people)
     cat = catalogue_of(people)

@@ -34,7 +34,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[InterestEncoder,
     return model, out, info
 
 
-def test_parity_on_random_and_real_sequences(exported: tuple[InterestEncoder, Path, dict[str, object]]) -> None:
+def test_parity_on_random_and_real_sequences(
+    exported: tuple[InterestEncoder, Path, dict[str, object]],
+) -> None:
     model, out, info = exported
     parity = info["parity_max_abs_diff"]
     assert isinstance(parity, dict) and set(parity) == {"random", "real", "items"}
@@ -72,7 +74,9 @@ def test_fp16_variant_runs_and_is_close(exported: tuple[InterestEncoder, Path, d
     assert proto.ir_version == onnx.load(str(out / "model.onnx")).ir_version
 
 
-def test_parity_gate_rejects_a_mismatching_graph(exported: tuple[InterestEncoder, Path, dict[str, object]]) -> None:
+def test_parity_gate_rejects_a_mismatching_graph(
+    exported: tuple[InterestEncoder, Path, dict[str, object]],
+) -> None:
     model, out, _ = exported
     other = InterestEncoder(model.spec, model.cfg)
     with torch.no_grad():

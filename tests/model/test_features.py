@@ -24,12 +24,16 @@ def ev(i: int, ts_s: float, item: str = "a", action: str = "click", platform: st
 def test_hash_values_are_pinned() -> None:
     """Changing the hash silently would scramble every published model's item space."""
     assert hash_items(["item-1", "movie:42", "ü"], FeatureSpec()).tolist() == [
-        [11030, 6301], [8343, 7968], [1294, 3012],
-    ]  # fmt: skip
+        [11030, 6301],
+        [8343, 7968],
+        [1294, 3012],
+    ]
     spec = FeatureSpec(hash_buckets=1000, hash_seeds=(1, 2, 3))
     assert hash_items(["item-1", "movie:42", "ü"], spec).tolist() == [
-        [768, 764, 758], [881, 394, 515], [216, 403, 773],
-    ]  # fmt: skip
+        [768, 764, 758],
+        [881, 394, 515],
+        [216, 403, 773],
+    ]
 
 
 def test_hash_is_the_same_in_another_process() -> None:
@@ -38,8 +42,14 @@ def test_hash_is_the_same_in_another_process() -> None:
         "import json,sys; from model.features import FeatureSpec, hash_items; "
         f"print(json.dumps(hash_items({ids!r}, FeatureSpec()).tolist()))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123"}, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123"},
+        cwd=ROOT,
+    )
     assert json.loads(out.stdout) == hash_items(ids, FeatureSpec()).tolist()
 
 
@@ -56,8 +66,14 @@ def test_hash_functions_are_independent_and_never_padding() -> None:
 
 def test_layout_left_padding_mask_gaps_and_vocab() -> None:
     spec = FeatureSpec(hash_buckets=128, platforms=("web", "app"), max_len=5)
-    seqs = [[ev(0, 100.0, "a", "click", "web"), ev(1, 100.5, "b", "purchase", "app"),
-             ev(2, 200.0, "c", "share", "tv")], []]  # fmt: skip
+    seqs = [
+        [
+            ev(0, 100.0, "a", "click", "web"),
+            ev(1, 100.5, "b", "purchase", "app"),
+            ev(2, 200.0, "c", "share", "tv"),
+        ],
+        [],
+    ]
     f = featurize(seqs, spec)
     assert list(f) == spec.input_names()
     assert all(v.dtype == np.int64 and v.shape == (2, 3) for v in f.values())
@@ -105,8 +121,16 @@ def test_spec_round_trips_through_json_and_validates() -> None:
     spec = FeatureSpec(hash_buckets=999, hash_seeds=(5, 6, 7), max_len=33, platforms=("web", "kiosk"))
     again = FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec
-    assert again.input_names() == ["item_hash_0", "item_hash_1", "item_hash_2", "action", "platform",
-                                   "time_gap", "position", "mask"]  # fmt: skip
+    assert again.input_names() == [
+        "item_hash_0",
+        "item_hash_1",
+        "item_hash_2",
+        "action",
+        "platform",
+        "time_gap",
+        "position",
+        "mask",
+    ]
     with pytest.raises(ValueError):
         FeatureSpec(hash_seeds=(1,))
     with pytest.raises(ValueError):

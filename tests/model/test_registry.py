@@ -25,8 +25,11 @@ def _files(reg: Registry, version: str) -> dict[str, Path]:
 
 def _republish(reg: Registry, version: str, **kwargs: Any) -> str:
     """Publish a copy of an existing version's files (same model, new version)."""
-    manifest = {k: v for k, v in reg.manifest(version).items()
-                if k not in ("version", "parent", "created", "sha256", "files")}  # fmt: skip
+    manifest = {
+        k: v
+        for k, v in reg.manifest(version).items()
+        if k not in ("version", "parent", "created", "sha256", "files")
+    }
     manifest.update(kwargs.pop("manifest_update", {}))
     with_tmp = reg.root.parent / f"src-{uuid.uuid4().hex[:8]}"
     with_tmp.mkdir()
@@ -43,13 +46,34 @@ def test_published_version_is_complete_and_verifies(published: tuple[Path, Any])
     assert reg.versions() == [result.version]
     assert reg.promoted() == result.version
     manifest = reg.verify(result.version)
-    for key in ("version", "parent", "created", "sha256", "inputs", "dimension", "features", "training",
-                "metrics", "reference", "files"):  # fmt: skip
+    for key in (
+        "version",
+        "parent",
+        "created",
+        "sha256",
+        "inputs",
+        "dimension",
+        "features",
+        "training",
+        "metrics",
+        "reference",
+        "files",
+    ):
         assert key in manifest, key
-    assert set(manifest["files"]) >= {"model.onnx", "model_fp16.onnx", "item_model.onnx", "items.npz"}
+    assert set(manifest["files"]) >= {
+        "model.onnx",
+        "model_fp16.onnx",
+        "item_model.onnx",
+        "items.npz",
+        "weights.npz",
+        "training.png",
+    }
     ids, vecs = reg.item_index(result.version)
     assert vecs.shape == (len(ids), manifest["dimension"]) and vecs.dtype == np.float32
-    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # Unit direction plus (item_bias, the default) a last coordinate holding the learned item bias.
+    assert manifest["encoder"]["item_bias"] is True
+    assert np.allclose(np.linalg.norm(vecs[:, :-1], axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(vecs).all() and np.ptp(vecs[:, -1]) > 0
     assert reg.model_path(result.version).is_file()
 
 
