@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 import faust
@@ -103,6 +103,7 @@ class WorkerContext:
         records: list[Record] = []
         dlq: list[tuple[Any, ...]] = []
         identity = self.settings.identity_topic
+        accepted: Counter[tuple[str, str]] = Counter()
         for event in events:
             msg = event.message
             self.positions[(msg.topic, msg.partition)] = msg.offset
@@ -120,12 +121,14 @@ class WorkerContext:
                 decoded = self.normalizer.decode(raw, platform, action)
                 for canonical in decoded.events:
                     records.append(event_record(canonical))
-                    metrics.EVENTS_IN.labels(canonical.platform, canonical.action).inc()
+                    accepted[(canonical.platform, canonical.action)] += 1
                 for why, element in decoded.rejected:
                     dlq.append(self.dead_letter(element, msg, why, why.reason))
             except Exception as exc:  # a bug must not stop the partition: keep the bytes
                 log.exception("unexpected error decoding %s[%s]@%s", msg.topic, msg.partition, msg.offset)
                 dlq.append(self.dead_letter(raw or b"", msg, f"{type(exc).__name__}: {exc}", "internal_error"))
+        for (platform, action), count in accepted.items():  # one metric update per label per batch
+            metrics.EVENTS_IN.labels(platform, action).inc(count)
         self.stats["events_in"] += len(records)
         groups = group_by_partition(records, self.settings.person_partitions)
         sends: list[tuple[Any, ...]] = [
@@ -174,7 +177,6 @@ class WorkerContext:
 
     async def _isolate(self, records: list[Record], last_msg: Any, exc: Exception) -> BatchReport | None:
         """Process person by person; the people whose records keep failing go to the DLQ."""
-        from streams.routing import encode_envelope as enc
         from streams.routing import record_owner
 
         by_person: dict[str, list[Record]] = {}
@@ -192,7 +194,7 @@ class WorkerContext:
                 except Exception as person_exc:
                     why = f"{type(person_exc).__name__}: {person_exc} (person {person})"
                     await self._retry_forever("dlq send", self.send_all,
-                                              [self.dead_letter(enc(recs), last_msg, why, "update_failed")])
+                                              [self.dead_letter(encode_envelope(recs), last_msg, why, "update_failed")])
                     break
         return report
 

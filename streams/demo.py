@@ -20,8 +20,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from schemas.adapters import load_adapters
 from streams.embedded import EmbeddedBroker, free_port
 from streams.produce import produce_events
@@ -82,6 +80,7 @@ def _get(port: int, path: str) -> Any:
 def _recommend(settings: Settings, person: str, version: str, k: int = 5) -> tuple[list[str], list[str]]:
     """(top-k items, last 5 items) for a person, straight from the store and the item index."""
     from model.registry import Registry
+    from streams.query_cli import top_items
     from streams.stores.factory import open_store
 
     async def read() -> tuple[Any, Any]:
@@ -96,10 +95,8 @@ def _recommend(settings: Settings, person: str, version: str, k: int = 5) -> tup
     if row is None or state is None:
         return [], []
     items, vectors = Registry(settings.registry).item_index(version)
-    seen = {e.item_id for e in state.events}
-    scores = np.asarray(vectors, dtype=np.float32) @ row.vector
-    top = [items[i] for i in np.argsort(-scores) if items[i] not in seen][:k]
-    return top, [e.item_id for e in state.events[-5:]]
+    top = top_items(row.vector, items, vectors, {e.item_id for e in state.events}, k)
+    return [item for item, _ in top], [e.item_id for e in state.events[-5:]]
 
 
 def run_demo(settings: Settings, seconds: float, rate: float, users: int, items: int, seed: int) -> None:
@@ -111,10 +108,7 @@ def run_demo(settings: Settings, seconds: float, rate: float, users: int, items:
         version = train_first_model(settings, users, items, seed)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
-        for key, value in settings.model_dump(mode="json").items():
-            if value is not None:
-                env["INTEREST_" + key.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
-        env["INTEREST_WEB_PORT"] = str(port)
+        env.update(settings.model_copy(update={"web_port": port}).to_env())
         log = open(data / "worker.log", "ab")  # noqa: SIM115
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)

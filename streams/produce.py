@@ -128,7 +128,7 @@ def raw_lines(path: str, platform: str, settings: Settings) -> Iterator[tuple[st
     bad line is still produced, so the worker's DLQ sees exactly what the
     platform sent.
     """
-    from schemas.adapters import load_adapters
+    from schemas.adapters import _get, load_adapters
 
     adapter = load_adapters().get(platform)
     with open(path, "rb") as fh:
@@ -138,8 +138,6 @@ def raw_lines(path: str, platform: str, settings: Settings) -> Iterator[tuple[st
             try:
                 obj = orjson.loads(line)
                 if adapter is not None and isinstance(obj, dict):
-                    from schemas.adapters import _get
-
                     raw_action = _get(obj, adapter.action_field)
                     action = adapter.actions.get(str(raw_action), "click")
                     for path in (adapter.person_field, adapter.device_field):

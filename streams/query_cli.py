@@ -53,6 +53,13 @@ def profile_dict(p: Any) -> dict[str, Any]:
     }
 
 
+def top_items(vector: np.ndarray, items: list[str], vectors: np.ndarray, seen: set[str],
+              k: int) -> list[tuple[str, float]]:
+    """Top-k items by dot product (item vectors carry a bias term: not cosine), history excluded."""
+    scores = np.asarray(vectors, dtype=np.float32) @ vector.astype(np.float32)
+    return [(items[i], float(scores[i])) for i in np.argsort(-scores) if items[i] not in seen][:k]
+
+
 def register(app: typer.Typer) -> None:
     from streams.cli import settings_or_exit
 
@@ -112,9 +119,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         items, vectors = Registry(settings.registry).item_index(ver)
         seen = {e.item_id for e in state.events} if state else set()
-        scores = np.asarray(vectors, dtype=np.float32) @ row.vector.astype(np.float32)
-        order = np.argsort(-scores)
-        out = [(items[i], float(scores[i])) for i in order if items[i] not in seen][:k]
+        out = top_items(row.vector, items, vectors, seen, k)
         if as_json:
             typer.echo(json.dumps({"person_id": person, "model_version": ver,
                                    "items": [{"item_id": i, "score": s} for i, s in out]}))

@@ -172,6 +172,22 @@ class Settings(BaseSettings):
         """Filesystem path from a ``sqlite:///path`` URL (relative paths allowed)."""
         return self.store_url[len("sqlite:///") :] if self.store_url.startswith("sqlite:///") else ""
 
+    def to_env(self) -> dict[str, str]:
+        """``INTEREST_*`` variables that reproduce these settings in a child process (secrets included)."""
+        import json
+
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, Enum):
+                value = value.value
+            env[ENV_PREFIX + name.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
+        return env
+
     def masked(self) -> dict[str, Any]:
         """Settings as JSON-able data with every secret masked."""
         out: dict[str, Any] = {}

@@ -18,18 +18,9 @@ from streams.settings import Settings
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The INTEREST_* environment that reproduces ``settings`` in a child process."""
+    """The environment that reproduces ``settings`` in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
-    for key, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        if isinstance(value, dict) and "secret" in str(value).lower():
-            continue
-        env["INTEREST_" + key.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
-    for name in type(settings).model_fields:
-        secret = getattr(settings, name)
-        if hasattr(secret, "get_secret_value"):
-            env["INTEREST_" + name.upper()] = secret.get_secret_value()
+    env.update(settings.to_env())
     return env
 
 
