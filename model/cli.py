@@ -162,8 +162,10 @@ def models_show(
     version: str = typer.Argument(None, help="Version (default: promoted)"),
     registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry"),
     verify: bool = typer.Option(False, "--verify", help="Also run the full verification"),
+    with_coverage: bool = typer.Option(True, "--coverage/--no-coverage",
+                                       help="Count the version's rows in the profile store"),
 ) -> None:
-    """A version's manifest (without the bulky reference tensors)."""
+    """A version's manifest (without the bulky reference tensors) and its coverage in the store."""
     from model.registry import ModelRejected, Registry
 
     reg = Registry(registry)
@@ -175,14 +177,49 @@ def models_show(
         return
     manifest = {k: v for k, v in manifest.items() if k != "reference"}
     manifest["promoted"] = chosen == reg.promoted()
+    if with_coverage:
+        manifest["coverage"] = _coverage(registry, chosen)
     typer.echo(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _settings(registry: Path | None = None) -> Any:
+    from streams.cli import settings_or_exit
+
+    return settings_or_exit(registry=str(registry) if registry is not None else None)
+
+
+def _coverage(registry: Path, version: str) -> dict[str, Any]:
+    """Share of stored people with a row of ``version`` (store from INTEREST_STORE_URL)."""
+    import asyncio
+
+    from streams.query_cli import _with_store
+    from streams.reencode import coverage
+
+    try:
+        return dict(asyncio.run(_with_store(_settings(registry), lambda store: coverage(store, version))))
+    except Exception as exc:  # the manifest is still worth printing without a store
+        return {"version": version, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _announce(registry: Path, version: str, action: str) -> dict[str, Any]:
+    """Announce on interest.models; failure is reported, not fatal (workers re-check the registry)."""
+    from streams.model_watch import announce
+
+    settings = _settings(registry)
+    try:
+        announce(settings, version, action)
+        return {"announced": True}
+    except Exception as exc:
+        typer.echo(f"warning: could not announce on {settings.models_topic} ({exc}); workers pick the "
+                   f"change up at their next registry check (every {settings.model_check_interval_s:g}s)", err=True)
+        return {"announced": False}
 
 
 def models_promote(
     version: str = typer.Argument(..., help="Version to promote"),
     registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry"),
 ) -> None:
-    """Verify and promote a version (workers pick it up on their next model check)."""
+    """Verify and promote a version, and announce it: running workers hot-swap to it."""
     from model.registry import ModelRejected, Registry
 
     reg = Registry(registry)
@@ -190,11 +227,11 @@ def models_promote(
         reg.promote(version)
     except ModelRejected as exc:
         _fail(exc.reason)
-    typer.echo(json.dumps({"promoted": version}))
+    typer.echo(json.dumps({"promoted": version, **_announce(registry, version, "promote")}))
 
 
 def models_rollback(registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry")) -> None:
-    """Re-promote the previously promoted version."""
+    """Re-promote the previously promoted version and announce it: workers swap back."""
     from model.registry import ModelRejected, Registry
 
     try:
@@ -202,12 +239,50 @@ def models_rollback(registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--reg
     except ModelRejected as exc:
         _fail(exc.reason)
         return
-    typer.echo(json.dumps({"promoted": version, "rolled_back": True}))
+    typer.echo(json.dumps({"promoted": version, "rolled_back": True, **_announce(registry, version, "rollback")}))
+
+
+def trainer_cmd(
+    once: bool = typer.Option(False, "--once", help="One round, then exit (CronJob)"),
+    every: str | None = typer.Option(None, "--every", help="Run a round every DURATION (90s, 30m, 6h, 1d)"),
+    window: str = typer.Option("30d", "--window", help="Train on stored events newer than this"),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Fine-tuning epochs per round"),
+    budget: str = typer.Option("9m", "--time-budget", help="Stop a round's training after this long"),
+    min_people: int = typer.Option(20, "--min-people", min=1, help="Skip a round with fewer people"),
+    max_people: int | None = typer.Option(None, "--max-people", min=1, help="Read at most this many people"),
+    force: bool = typer.Option(False, "--force", help="Publish even if the quality gate refuses"),
+    registry: Path | None = typer.Option(None, "--registry", help="Registry (default INTEREST_REGISTRY)"),
+) -> None:
+    """Periodic re-fine-tune: store sequences -> warm-started model -> gate -> publish -> announce."""
+    import time
+
+    from model.periodic import RoundOptions, parse_duration, run_round
+
+    if once == (every is not None):
+        _fail("give exactly one of --once or --every DURATION")
+    try:
+        period = parse_duration(every) if every is not None else 0.0
+        options = RoundOptions(window_days=parse_duration(window) / 86400, min_people=min_people,
+                               max_people=max_people, epochs=epochs, time_budget_s=parse_duration(budget),
+                               force=force)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    settings = _settings(registry)
+    while True:
+        started = time.monotonic()
+        typer.echo(json.dumps(run_round(settings, options), sort_keys=True, default=str))
+        if once:
+            return
+        pause = max(0.0, period - (time.monotonic() - started))
+        typer.echo(f"next round in {pause:.0f}s", err=True)
+        time.sleep(pause)
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``eval`` and the ``models`` group to the project's typer app."""
+    """Add ``train``, ``trainer``, ``eval`` and the ``models`` group to the project's typer app."""
     app.command("train")(train_cmd)
+    app.command("trainer")(trainer_cmd)
     app.command("eval")(eval_cmd)
     models = typer.Typer(help="List, inspect, promote and roll back model versions.", no_args_is_help=True)
     models.command("list")(models_list)

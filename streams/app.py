@@ -26,10 +26,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.adapters import load_adapters
 from schemas.events import Rejected
 from schemas.normalize import Normalizer, decode_link
-from streams import metrics
+from streams import faults, metrics
 from streams.dlq import dlq_headers
 from streams.kafka_config import faust_credentials
 from streams.model_holder import ModelHolder
+from streams.model_watch import watch_models
 from streams.routing import (
     decode_envelope,
     encode_envelope,
@@ -273,6 +274,12 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     async def start_context() -> None:
         await ctx._retry_forever("store open", ctx.start)
 
+    @app.task
+    async def model_watch() -> None:
+        await ctx.ready.wait()
+        if settings.model_version is None:  # a pinned version never swaps
+            await watch_models(settings, ctx.model.refresh, lambda: bool(app.should_stop))
+
     @app.agent(raw_topic, name="ingest")
     async def ingest(stream: Any) -> None:
         await ctx.ready.wait()
@@ -288,6 +295,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     async def update(stream: Any) -> None:
         await ctx.ready.wait()
         async for events in stream.take_events(settings.batch_size, within=within):
+            await faults.commit_then_crash(app)  # chaos tests only: earlier batches are acked by now
             try:
                 await ctx.update_batch(list(events))
             except asyncio.CancelledError:
@@ -302,7 +310,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         except Exception:  # metrics must never kill the worker
             log.debug("lag gauge failed", exc_info=True)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         parts = [tp.partition for tp in revoked if tp.topic == settings.person_topic]
         ctx.updater.drop_partitions(parts)

@@ -38,3 +38,8 @@ BATCH_FAILURES = Counter("interest_batch_failures_total", "Batches that failed w
 LAG = Gauge("interest_consumer_lag", "Messages behind the high-water mark", ["topic", "partition"])
 MODEL_INFO = Info("interest_model", "Model version in use")
 MODEL_REFUSED = Counter("interest_model_refused_total", "Model versions refused by the checks", ["reason"])
+MODEL_SWAPS = Counter("interest_model_swaps_total", "Model versions swapped in (start-up, promote, rollback)")
+MODEL_LOAD_SECONDS = Histogram(
+    "interest_model_load_seconds", "Verify + load + warm-up of a new model version",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)

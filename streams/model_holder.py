@@ -1,13 +1,21 @@
-"""Which encoder a worker uses now, loaded off the event loop.
+"""Which encoder a worker uses now; new versions are loaded, checked and warmed off the event loop.
 
 The holder is read once per batch (``current()``), so a swap takes effect
-between two batches and never inside one.
+between two batches and never inside one: every profile row of a batch
+carries the version that really produced its vector.
+
+Why load in the background: verification (sha256, shapes, NaN/Inf, parity
+with the manifest's reference outputs) and the first onnxruntime calls take
+hundreds of milliseconds; doing them in a thread keeps the batches flowing on
+the old version until the new one is ready, and the swap itself is a single
+attribute assignment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +23,31 @@ from streams import metrics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+REFUSAL_TTL_S = 600.0
+
+
+def _load_and_warm(root: str, version: str, use_gpu: str) -> Any:
+    """Verify, load, and run one encode so the first real batch pays no warm-up."""
+    from model.runtime import EncoderRuntime
+    from schemas.sequence import SeqEvent
+
+    runtime = EncoderRuntime.load(root, version, use_gpu)
+    warm = [SeqEvent(f"warm-{i}", 1_700_000_000_000 + i, f"item-{i}", "click", "web", 1.0) for i in range(8)]
+    runtime.encode([warm[: i + 1] for i in range(8)])
+    return runtime
 
 
 class ModelHolder:
+    """Holds the runtime in use; ``refresh`` follows the registry's promoted version."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._runtime: Any = None
+        self._lock = asyncio.Lock()
+        # version -> (reason, when): a refused version is retried only after REFUSAL_TTL_S, so
+        # a damaged file is logged once per period, and a copy that was still syncing recovers.
+        self.refused: dict[str, tuple[str, float]] = {}
+        self.swaps = 0
 
     def current(self) -> Any:
         return self._runtime
@@ -29,32 +56,77 @@ class ModelHolder:
     def version(self) -> str | None:
         return None if self._runtime is None else str(self._runtime.version)
 
-    async def load(self, version: str | None = None) -> bool:
-        """Load (and verify) a version, the pinned one, or the promoted one.
+    def _wanted(self) -> tuple[str | None, list[str]]:
+        """The version to serve (pinned or promoted) and earlier promoted ones, newest first."""
+        from model.registry import Registry
 
-        Returns False, keeping the old runtime, when there is nothing to load
-        or the version is refused; the reason is logged and counted.
-        """
-        from model.registry import ModelRejected, Registry
-        from model.runtime import EncoderRuntime
-
+        if self.settings.model_version is not None:
+            return self.settings.model_version, []
         root = self.settings.registry
-        want = version or self.settings.model_version
-        if want is None:
-            if not Path(root).exists():
-                return False
-            want = await asyncio.to_thread(Registry(root).promoted)
+        if not Path(root).exists():
+            return None, []
+        registry = Registry(root)
+        return registry.promoted(), list(reversed(registry.history()))
+
+    async def load(self, version: str | None = None) -> bool:
+        """Load (and verify) ``version``, else the pinned or promoted one.
+
+        At start-up (no runtime yet) a refused promoted version falls back to
+        the newest earlier promoted version that passes the checks, so a bad
+        publish cannot keep a restarted worker from encoding.  Returns False,
+        keeping the old runtime, when there is nothing to load or the version
+        is refused; the reason is logged once and counted.
+        """
+        async with self._lock:
+            if version is not None:
+                return await self._swap_to(version)
+            want, earlier = await asyncio.to_thread(self._wanted)
             if want is None:
                 return False
+            if await self._swap_to(want):
+                return True
+            if self._runtime is None:
+                for candidate in earlier:
+                    if candidate != want and await self._swap_to(candidate):
+                        log.warning("serving earlier version %s because %s was refused", candidate, want)
+                        return True
+            return False
+
+    async def refresh(self) -> bool:
+        """Follow the registry (announcement received or periodic check); True when a swap happened."""
+        before = self.version
+        await self.load()
+        return self.version != before
+
+    async def _swap_to(self, want: str) -> bool:
+        from model.registry import ModelRejected
+
         if want == self.version:
             return True
-        try:
-            runtime = await asyncio.to_thread(EncoderRuntime.load, root, want, self.settings.use_gpu)
-        except ModelRejected as exc:
-            log.error("model version %s refused, keeping %s: %s", want, self.version, exc)
-            metrics.MODEL_REFUSED.labels(reason=type(exc).__name__).inc()
+        refused = self.refused.get(want)
+        if refused is not None and time.monotonic() - refused[1] < REFUSAL_TTL_S:
             return False
+        started = time.perf_counter()
+        try:
+            runtime = await asyncio.to_thread(
+                _load_and_warm, self.settings.registry, want, self.settings.use_gpu
+            )
+        except ModelRejected as exc:
+            return self._refuse(want, "checks", str(exc))
+        except Exception as exc:  # onnxruntime / filesystem errors: refuse, keep serving
+            return self._refuse(want, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+        old = self.version
         self._runtime = runtime
+        self.swaps += 1
         metrics.MODEL_INFO.info({"version": str(runtime.version), "dim": str(runtime.dim)})
-        log.info("model version %s in use (dim %s)", runtime.version, runtime.dim)
+        metrics.MODEL_SWAPS.inc()
+        metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
+        log.info("model version %s in use (dim %s, was %s, loaded and checked in %.2fs)",
+                 runtime.version, runtime.dim, old, time.perf_counter() - started)
         return True
+
+    def _refuse(self, version: str, reason: str, message: str) -> bool:
+        self.refused[version] = (message, time.monotonic())
+        metrics.MODEL_REFUSED.labels(reason=reason).inc()
+        log.error("model version %s REFUSED, still serving %s: %s", version, self.version, message)
+        return False

@@ -140,8 +140,8 @@ def raw_lines(path: str, platform: str, settings: Settings) -> Iterator[tuple[st
                 if adapter is not None and isinstance(obj, dict):
                     raw_action = _get(obj, adapter.action_field)
                     action = adapter.actions.get(str(raw_action), "click")
-                    for path in (adapter.person_field, adapter.device_field):
-                        value = _get(obj, path)
+                    for field_path in (adapter.person_field, adapter.device_field):
+                        value = _get(obj, field_path)
                         if isinstance(value, (str, int)) and not isinstance(value, bool):
                             key = str(value).encode()
                             break

@@ -198,3 +198,32 @@ def register(app: typer.Typer) -> None:
 
         for record in read_dlq(settings_or_exit(), limit=limit):
             typer.echo(json.dumps(record))
+
+    @app.command()
+    def reencode(
+        version: Annotated[str | None, typer.Option(help="Version to encode with (default: promoted)")] = None,
+        page: Annotated[int, typer.Option(min=1, help="People per store page")] = 512,
+        max_people: Annotated[int | None, typer.Option(min=1, help="Stop after this many (resume later)")] = None,
+        restart: Annotated[bool, typer.Option(help="Ignore a saved cursor and start over")] = False,
+    ) -> None:
+        """Re-encode every stored sequence with one version, resumably, beside the running workers."""
+        from model.runtime import EncoderRuntime
+        from streams.reencode import ReencodeProgress, coverage
+        from streams.reencode import reencode as run_reencode
+
+        settings = settings_or_exit()
+        chosen = _version(settings, version)
+        runtime = EncoderRuntime.load(settings.registry, chosen, settings.use_gpu)
+
+        def show(p: ReencodeProgress) -> None:
+            rate = p.written / p.seconds if p.seconds else 0.0
+            typer.echo(f"reencode {p.version}: {p.done}/{p.total} people ({rate:.0f}/s)", err=True)
+
+        async def run(store: Any) -> dict[str, Any]:
+            done = await run_reencode(settings, store, runtime, page=page, max_people=max_people,
+                                      restart=restart, on_progress=show)
+            return {"version": done.version, "complete": done.complete, "reencoded": done.written,
+                    "resumed_after": done.resumed_after, "seconds": round(done.seconds, 2),
+                    **{k: v for k, v in (await coverage(store, chosen)).items() if k != "version"}}
+
+        typer.echo(json.dumps(asyncio.run(_with_store(settings, run))))

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     registry: str = Field("data/registry", description="Model registry directory")
     model_version: str | None = Field(None, description="Pin a version; default: the promoted one")
     use_gpu: Literal["auto", "yes", "no"] = "auto"
+    model_check_interval_s: float = Field(
+        30.0, gt=0, description="Registry re-check period (announcements on models_topic act at once)"
+    )
 
     # -- Worker ----------------------------------------------------------
     app_id: str = "interest-worker"

@@ -32,6 +32,7 @@ import numpy as np
 
 from schemas.events import ANON_PREFIX
 from schemas.sequence import IdentityLinkRecord, PersonState, Profile, SeqEvent
+from streams.faults import crash_point
 from streams.routing import EVENT, FORGET, LINK, record_owner
 from streams.state import MergeOutcome, copy_state, merge_events
 from streams.stores.base import ProfileStore, StoreBatch
@@ -234,7 +235,9 @@ class ProfileUpdater:
                     ))
         if len(batch):
             started = time.perf_counter()
+            crash_point("before_write")
             await self.store.write_batch(batch)
+            crash_point("after_write")
             report.write_s = time.perf_counter() - started
         # Only now, with the store's acknowledgement, does the cache move on.
         done = int(time.time() * 1000)

@@ -62,17 +62,15 @@ def make_settings(tmp_path: Path, broker: EmbeddedBroker) -> Callable[..., Setti
     return build
 
 
-@pytest.fixture(scope="session")
-def model_registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A small model trained on synthetic history and published: (registry root, version)."""
+def train_tiny_model(root: Path, seed: int = 0) -> str:
+    """Train a small model on synthetic history and publish it to ``root``; returns the version."""
     import time as _time
 
     from model.trainer import TrainConfig, train
     from schemas.adapters import load_adapters
     from streams.synthetic import RawEvent, SyntheticTraffic
 
-    root = tmp_path_factory.mktemp("registry")
-    traffic = SyntheticTraffic(load_adapters(), users=150, items=300, seed=5)
+    traffic = SyntheticTraffic(load_adapters(), users=150, items=300, seed=5 + seed)
     start = int(_time.time() * 1000) - 10 * 86_400_000
     rows = []
     for e in traffic.events(3000, start, step_ms=60_000):
@@ -83,6 +81,12 @@ def model_registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
                 item = item[key]
             rows.append({"user_id": e.person_id, "item_id": str(item), "timestamp": e.ts_ms,
                          "platform": e.topic.split(".")[1], "action": e.topic.split(".")[2]})
-    cfg = TrainConfig(epochs=2, max_len=50, width=32, dim=64, layers=1, heads=2, seed=0, progress=False)
-    result = train(rows, root, cfg, time_unit="ms")
-    return str(root), str(result.version)
+    cfg = TrainConfig(epochs=2, max_len=50, width=32, dim=64, layers=1, heads=2, seed=seed, progress=False)
+    return str(train(rows, root, cfg, time_unit="ms", force=True).version)
+
+
+@pytest.fixture(scope="session")
+def model_registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A small model trained on synthetic history and published: (registry root, version)."""
+    root = tmp_path_factory.mktemp("registry")
+    return str(root), train_tiny_model(root)

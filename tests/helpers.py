@@ -92,3 +92,69 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_cli(settings: Settings, *args: str, timeout: float = 300) -> Any:
+    """Run ``interest ARGS`` with ``settings`` in the environment; stdout (or its last line) as JSON."""
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=settings_env(settings),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"interest {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    try:
+        return json.loads(proc.stdout)  # one (possibly indented) document
+    except ValueError:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def metric_value(text: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples (all label sets) in a /metrics page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _scan(settings: Settings, version: str) -> dict[str, Any]:
+    from streams.stores.factory import open_store
+
+    store = open_store(settings)
+    await store.open()
+    try:
+        states = []
+        after = None
+        while page := await store.iter_states(after, 500):
+            states.extend(page)
+            after = page[-1].person_id
+        profiles = {}
+        for state in states:
+            row = await store.get_profile(state.person_id, version)
+            if row is not None:
+                profiles[state.person_id] = row
+        return {"states": {s.person_id: s for s in states}, "profiles": profiles}
+    finally:
+        await store.close()
+
+
+def scan(settings: Settings, version: str) -> dict[str, Any]:
+    """Every stored sequence state and its ``version`` profile row: ``{"states": ..., "profiles": ...}``."""
+    import asyncio
+
+    return asyncio.run(_scan(settings, version))
+
+
+def checksum(snapshot: dict[str, Any]) -> str:
+    """A digest of every profile row (vector bytes included) and every sequence in a ``scan``."""
+    import hashlib
+
+    import orjson
+
+    h = hashlib.sha256()
+    for person in sorted(snapshot["profiles"]):
+        p = snapshot["profiles"][person]
+        h.update(orjson.dumps([p.person_id, p.model_version, p.event_count, p.first_ts_ms, p.last_ts_ms,
+                               p.platforms, p.write_ts, p.updated_ms]))
+        h.update(p.vector.tobytes())
+    for person in sorted(snapshot["states"]):
+        s = snapshot["states"][person]
+        h.update(orjson.dumps([s.person_id, [e.event_id for e in s.events], s.write_ts]))
+    return h.hexdigest()

@@ -1,0 +1,61 @@
+"""Fault-injection points for the chaos tests; inert unless a test arms one.
+
+Why it exists: "kill -9 between the store write and the offset commit" cannot
+be timed from outside a process, so the worker names its critical points and
+a test arms one through the environment:
+
+    INTEREST_TEST_CRASH_AT=<point>[:<nth>]
+
+makes the process SIGKILL itself on the ``nth`` pass (default 1) through that
+point: no ``finally`` blocks, no flush, no commit, exactly like ``kill -9`` or
+the OOM killer.  Points: ``before_write`` and ``after_write`` (around the
+store write of a batch, in ``streams.updater``) and ``after_commit`` (the
+update agent, once the previous batches' offsets were acknowledged and
+committed).  ``INTEREST_TEST_*`` variables are not settings, so the
+unknown-setting check ignores them; without the variable every call is a
+dictionary lookup and a comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+ENV = "INTEREST_TEST_CRASH_AT"
+_passes: dict[str, int] = {}
+
+
+def armed_point() -> tuple[str, int] | None:
+    """``(point, nth)`` named by the environment, or None."""
+    spec = os.environ.get(ENV, "").strip()
+    if not spec:
+        return None
+    name, _, nth = spec.partition(":")
+    return name, int(nth) if nth else 1
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process if ``name`` is the armed point and this is its nth pass."""
+    target = armed_point()
+    if target is None or target[0] != name:
+        return
+    _passes[name] = _passes.get(name, 0) + 1
+    if _passes[name] >= target[1]:
+        sys.stderr.write(f"fault injection: SIGKILL at {name} (pass {_passes[name]})\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def commit_then_crash(app: Any, name: str = "after_commit") -> None:
+    """When ``name`` is armed: commit the acknowledged offsets now, then pass ``crash_point``.
+
+    Faust commits on a 1 s timer; forcing the commit makes "killed right after
+    a commit" a deterministic point instead of a race with that timer.
+    """
+    target = armed_point()
+    if target is None or target[0] != name:
+        return
+    await app.consumer.commit()
+    crash_point(name)
