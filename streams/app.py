@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.adapters import load_adapters
 from schemas.events import Rejected
 from schemas.normalize import Normalizer, decode_link
-from streams import faults, metrics
+from streams import faults, faust_tuning, metrics
 from streams.dlq import dlq_headers
 from streams.kafka_config import faust_credentials
 from streams.model_holder import ModelHolder
@@ -263,6 +263,8 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
         datadir=f"{settings.data_dir}/faust-{settings.app_id}",
         table_standby_replicas=0,
     )
+    faust_tuning.install()
+    app.interest_fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms  # type: ignore[attr-defined]
     ctx = WorkerContext(app, settings)
     raw_topic = app.topic(*settings.raw_topics(), settings.identity_topic,
                           key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

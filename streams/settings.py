@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Consumer-group session timeout; the join waits about half of it"
     )
     heartbeat_interval_s: float = Field(1.0, gt=0)
+    kafka_fetch_max_wait_ms: int = Field(
+        50, ge=1, le=30_000,
+        description="Longest a fetch waits for data; brokers that do not answer early (Tansu) add this to latency",
+    )
 
     # -- Store -----------------------------------------------------------
     store_url: str = Field(
