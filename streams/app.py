@@ -232,6 +232,9 @@ class WorkerContext:
 
     def update_lag(self) -> None:
         consumer = self.app.consumer
+        # Only partitions owned now: after a rebalance a moved partition's last value would stay
+        # exported forever (double-counted by sum(), a stale alert). No await in between: atomic.
+        metrics.LAG.clear()
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             pos = self.positions.get((tp.topic, tp.partition))
@@ -242,7 +245,7 @@ class WorkerContext:
 
 def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     """Build the Faust app for ``settings`` (no global app: tests build many)."""
-    app = faust.App(
+    app = faust_tuning.LeanApp(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap_servers()],
         broker_credentials=faust_credentials(settings),
