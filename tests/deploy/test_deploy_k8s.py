@@ -259,6 +259,37 @@ def test_grace_period_outlasts_prestop_and_a_batch() -> None:
     assert grace - sleep_s >= 30, f"grace {grace}s leaves only {grace - sleep_s}s after the preStop sleep"
 
 
+def test_grace_period_covers_a_failing_batch_with_the_configured_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget after preStop, from the settings the pods really get (ConfigMap over defaults).
+
+    On SIGTERM the worker waits for its batch in flight (tests/test_rolling_redeploy.py
+    proves it exits only after a stuck store write completed). The longest such batch
+    that still ends without a SIGKILL: fill wait, then every attempt of a batch failing
+    with a non-transient error timing out against Cassandra, the back-off between the
+    attempts, and the offset commit (one broker round trip, bounded here by a request
+    timeout too). A StoreUnavailable batch retries until the store answers, which no grace
+    period covers: that one is replayed by the next owner, harmlessly.
+    """
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+    for key, value in {**config_data(), **secret_data()}.items():
+        monkeypatch.setenv(key, value)
+    s = load_settings()
+    attempts = s.retry_attempts + 1
+    backoff = sum(min(s.retry_backoff_ms * 2**i, s.retry_backoff_max_ms) for i in range(s.retry_attempts)) / 1000
+    budget = s.batch_wait_ms / 1000 + attempts * s.cassandra_request_timeout_s + backoff
+    budget += s.cassandra_request_timeout_s  # the commit
+    sleep_s = int(worker_container()["lifecycle"]["preStop"]["exec"]["command"][1])
+    grace = pod_spec(worker())["terminationGracePeriodSeconds"]
+    assert grace - sleep_s >= budget, f"grace {grace}s - preStop {sleep_s}s < batch + retries + commit {budget:.1f}s"
+    # docker compose gives its workers the same budget.
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    for name, svc in compose["services"].items():
+        if svc.get("command", [])[:1] == ["worker"]:
+            assert svc["stop_grace_period"] == f"{grace}s", name
+
+
 def test_worker_resources_and_volumes() -> None:
     container = worker_container()
     cfg = config_data()
