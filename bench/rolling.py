@@ -2,7 +2,7 @@
 
     python -m bench.rolling [--workers 3] [--rate 300] [--users 1000] [--warmup-s 5] [--settle-s 3]
                             [--rounds 1] [--surge] [--hold-store-s 0] [--sigkill-last 0]
-                            [--person-partitions 8] [--out-dir out/rolling]
+                            [--person-partitions 8] [--out-dir data/bench/rolling]
 
 Starts the embedded broker, trains a small model, and runs the harness of
 ``tests/rolling_harness.py`` (the one ``tests/test_rolling_redeploy.py`` runs
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--surge", action="store_true", help="start the new worker before stopping the old")
     parser.add_argument("--person-partitions", type=int, default=8, help="bounds the useful workers")
-    parser.add_argument("--out-dir", default="out/rolling")
+    parser.add_argument("--out-dir", default="data/bench/rolling")
     args = parser.parse_args(argv)
     cfg = RollingConfig(**{k: getattr(args, k) for k in (*vars(args),) if k in RollingConfig.__dataclass_fields__})
     from streams.embedded import EmbeddedBroker
