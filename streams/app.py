@@ -34,6 +34,7 @@ from streams.model_watch import watch_models
 from streams.routing import (
     decode_envelope,
     encode_envelope,
+    envelopes,
     event_record,
     group_by_partition,
     link_record,
@@ -88,8 +89,8 @@ class WorkerContext:
 
     async def forward(self, records: list[Record]) -> None:
         groups = group_by_partition(records, self.settings.person_partitions)
-        await self.send_all([(self.settings.person_topic, None, encode_envelope(recs), part, None)
-                             for part, recs in groups.items()])
+        await self.send_all([(self.settings.person_topic, None, env, part, None)
+                             for part, env in envelopes(groups)])
 
     def dead_letter(self, raw: bytes, message: Any, why: Rejected | str, error_class: str) -> tuple[Any, ...]:
         reason = why.reason if isinstance(why, Rejected) else error_class
@@ -133,7 +134,7 @@ class WorkerContext:
         self.stats["events_in"] += len(records)
         groups = group_by_partition(records, self.settings.person_partitions)
         sends: list[tuple[Any, ...]] = [
-            (self.settings.person_topic, None, encode_envelope(recs), part, None) for part, recs in groups.items()
+            (self.settings.person_topic, None, env, part, None) for part, env in envelopes(groups)
         ]
         await self._retry_forever("ingest send", self.send_all, sends + dlq)
         metrics.BATCH_SIZE.labels("ingest").observe(len(events))
@@ -299,7 +300,7 @@ def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     @app.agent(person_topic, name="update")
     async def update(stream: Any) -> None:
         await ctx.ready.wait()
-        async for events in stream.take_events(settings.batch_size, within=within):
+        async for events in stream.take_events(settings.update_batch_envelopes, within=within):
             await faults.commit_then_crash(app)  # chaos tests only: earlier batches are acked by now
             try:
                 await ctx.update_batch(list(events))

@@ -179,7 +179,7 @@ def produce(
 
 def _register_optional() -> None:
     """Attach the command groups of other packages (model/, stores, worker)."""
-    for module in ("streams.worker_cli", "streams.query_cli", "streams.store_cli", "model.cli"):
+    for module in ("streams.worker_cli", "streams.query_cli", "streams.store_cli", "model.cli", "bench.cli"):
         if find_spec(module.split(".")[0]) is None:
             continue
         try:

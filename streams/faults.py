@@ -11,7 +11,8 @@ point: no ``finally`` blocks, no flush, no commit, exactly like ``kill -9`` or
 the OOM killer.  Points: ``before_write`` and ``after_write`` (around the
 store write of a batch, in ``streams.updater``) and ``after_commit`` (the
 update agent, once the previous batches' offsets were acknowledged and
-committed).  ``INTEREST_TEST_*`` variables are not settings, so the
+committed).  ``INTEREST_TEST_POISON=<person>`` makes the update of that
+person raise every time (a bug that a later deploy fixes).  ``INTEREST_TEST_*`` variables are not settings, so the
 unknown-setting check ignores them; without the variable every call is a
 dictionary lookup and a comparison.
 """
@@ -24,6 +25,7 @@ import sys
 from typing import Any
 
 ENV = "INTEREST_TEST_CRASH_AT"
+POISON_ENV = "INTEREST_TEST_POISON"
 _passes: dict[str, int] = {}
 
 
@@ -59,3 +61,17 @@ async def commit_then_crash(app: Any, name: str = "after_commit") -> None:
         return
     await app.consumer.commit()
     crash_point(name)
+
+
+class InjectedBug(RuntimeError):
+    """The deterministic failure ``fail_if_poisoned`` raises."""
+
+
+def fail_if_poisoned(person_id: str) -> None:
+    """Raise for the person named by ``INTEREST_TEST_POISON``: a code bug that fails every time.
+
+    A test arms it, sees the person's records reach the DLQ, then restarts
+    the worker without it ("the fix is deployed") and replays the DLQ.
+    """
+    if person_id and person_id == os.environ.get(POISON_ENV):
+        raise InjectedBug(f"injected bug for person {person_id} ({POISON_ENV})")

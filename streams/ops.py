@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -10,7 +11,7 @@ from kafka import KafkaConsumer, TopicPartition
 from streams.dlq import headers_dict
 from streams.kafka_config import kafka_python_options
 from streams.produce import make_producer
-from streams.routing import encode_envelope, forget_record, person_partition
+from streams.routing import decode_envelope, encode_envelope, forget_record, group_by_partition, person_partition
 from streams.settings import Settings
 
 REPLAY_GROUP = "interest-dlq-replay"
@@ -61,6 +62,16 @@ def read_dlq(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     return out
 
 
+def _person_groups(settings: Settings, source: str, value: bytes | None) -> dict[int, list[dict[str, Any]]]:
+    """Records of a person-topic DLQ message by their person's partition; empty for other topics or bad bytes."""
+    if source != settings.person_topic or not value:
+        return {}
+    try:
+        return group_by_partition(decode_envelope(value), settings.person_partitions)
+    except Exception:
+        return {}
+
+
 def replay_dlq(settings: Settings, reason: str | None = None, limit: int | None = None,
                dry_run: bool = False) -> dict[str, Any]:
     """Re-produce DLQ records to their source topics; progress is a committed group offset.
@@ -72,8 +83,18 @@ def replay_dlq(settings: Settings, reason: str | None = None, limit: int | None 
     consumer = _dlq_consumer(settings, REPLAY_GROUP)
     producer = None if dry_run else make_producer(settings)
     replayed = skipped = 0
+    started_ms = int(time.time() * 1000)
     try:
         for msg in consumer:
+            if msg.timestamp > started_ms:
+                # Dead-lettered after this replay began (a replayed record that failed again): left for the
+                # next run, else a record that still fails would cycle DLQ -> topic -> DLQ forever.
+                tp = TopicPartition(msg.topic, msg.partition)
+                consumer.seek(tp, msg.offset)
+                consumer.pause(tp)
+                if set(consumer.paused()) >= consumer.assignment():
+                    break
+                continue
             headers = headers_dict(msg.headers)
             if reason is not None and headers.get("error_class") != reason:
                 skipped += 1
@@ -84,7 +105,14 @@ def replay_dlq(settings: Settings, reason: str | None = None, limit: int | None 
                 continue
             if producer is not None:
                 replay_headers = [("dlq_offset", str(msg.offset).encode())]
-                producer.send(source, key=msg.key, value=msg.value, headers=replay_headers)
+                groups = _person_groups(settings, source, msg.value)
+                if groups:
+                    # Person-topic records must land on their person's partition (one owner per person);
+                    # the DLQ record has no key and its source partition is that of the failed batch.
+                    for part, records in groups.items():
+                        producer.send(source, value=encode_envelope(records), partition=part, headers=replay_headers)
+                else:
+                    producer.send(source, key=msg.key, value=msg.value, headers=replay_headers)
             replayed += 1
             if limit is not None and replayed >= limit:
                 break

@@ -32,7 +32,7 @@ import numpy as np
 
 from schemas.events import ANON_PREFIX
 from schemas.sequence import IdentityLinkRecord, PersonState, Profile, SeqEvent
-from streams.faults import crash_point
+from streams.faults import crash_point, fail_if_poisoned
 from streams.routing import EVENT, FORGET, LINK, record_owner
 from streams.state import MergeOutcome, copy_state, merge_events
 from streams.stores.base import ProfileStore, StoreBatch
@@ -200,6 +200,7 @@ class ProfileUpdater:
         states, erased = await self._states(people)
         changed: list[PersonState] = []
         for person in people:
+            fail_if_poisoned(person)
             state = states[person]
             events: list[SeqEvent] = []
             for rec in by_person[person]:

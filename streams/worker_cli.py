@@ -33,11 +33,45 @@ def run_worker(settings: object) -> None:
 
     assert isinstance(settings, Settings)
     configure_logging(settings.log_level)
+    check_store(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     ensure_topics(settings, worker_topics(settings))
     app, _ = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+def check_store(settings: object) -> None:
+    """Open the Cassandra store once before starting: an operator error (bad credentials,
+    untrusted CA, missing schema) exits 2 with its message instead of being retried forever.
+
+    A store that is merely unreachable (``StoreUnavailable``) is left to the
+    worker, which retries it; SQLite needs no check (the worker creates it).
+    """
+    import asyncio
+
+    from streams.settings import Settings
+    from streams.stores.base import StoreError, StoreUnavailable
+    from streams.stores.factory import open_store
+
+    assert isinstance(settings, Settings)
+    if not settings.store_url.startswith("cassandra:"):
+        return
+
+    async def probe() -> None:
+        store = open_store(settings)
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(probe())
+    except StoreUnavailable:
+        return
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,39 @@
+"""``interest bench <name> [ARGS...]``: the benchmarks under the one console script.
+
+Each subcommand hands its arguments unchanged to ``bench.<name>.main``, so ``interest bench
+throughput --quick`` and ``python -m bench.throughput --quick`` are the same run (and the JSON's
+``command`` field names the ``python -m`` form, which works without the console script).
+Registered by ``streams.cli`` like the other optional command groups.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import typer
+
+BENCHES = {
+    "throughput": "catch-up events/s: worker vs Faust pass-through vs naive, and envelopes",
+    "freshness": "event produced -> profile readable p50/p95/p99 at fixed rates",
+    "encoder": "onnxruntime vs PyTorch eager people/s by batch and sequence length (CUDA when present)",
+    "memory": "peak RSS of a worker through a catch-up",
+    "quality": "MovieLens-100K NDCG@10 / HR@10 vs popularity, with training time",
+}
+
+
+def _runner(name: str) -> Callable[[typer.Context], None]:
+    def run(ctx: typer.Context) -> None:
+        importlib.import_module(f"bench.{name}").main(list(ctx.args))
+
+    return run
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Benchmarks: each prints one JSON object as its last stdout line.",
+                        no_args_is_help=True)
+    passthrough = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+    for name, summary in BENCHES.items():
+        group.command(name, help=f"{summary} (--help: the bench's own options)",
+                      context_settings=passthrough)(_runner(name))
+    app.add_typer(group, name="bench")

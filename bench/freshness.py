@@ -1,0 +1,338 @@
+"""Freshness under load: event produced -> profile readable, at fixed rates and at the highest rate held.
+
+    python -m bench.freshness [--rates 500,2000,5000] [--seconds 15] [--users 10000] [--quick]
+
+A real ``interest worker`` runs on the embedded broker and a SQLite store.  This process produces
+single-event messages at a fixed rate (timestamp taken just before ``send``) while a reader thread
+polls the store every ``--poll-ms`` like any query service would.  A person's profile row carries
+``event_count``; when it grows by ``d`` the person's ``d`` oldest outstanding events became
+readable at that poll, so each event gets a produced -> readable latency measured from outside
+the worker (no anonymous traffic here, so every event lands on the person it names).
+
+After each rate the backlog drains (events still unreadable after ``--drain-s`` count as infinitely
+late); then the next rate starts.  ``--probe-steps`` further runs look for the highest rate whose
+p99 stays under ``--hold-p99-ms`` with the producer reaching 95% of the asked rate.
+Target: p99 < 500 ms at 2000 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sqlite3
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import (
+    BENCH_DIR,
+    QUICK_SETTINGS,
+    bench_settings,
+    command,
+    embedded_broker,
+    emit,
+    ensure_model,
+    knobs,
+    machine,
+    out_dir,
+    plot_path,
+    raw_field,
+    say,
+    target,
+)
+from bench.runs import Proc
+from streams.settings import Settings
+
+TARGET_RATE, TARGET_P99_MS = 2000, 500.0
+
+
+class Tracker:
+    """Outstanding produced events per person, and the moment each becomes readable.
+
+    Exact, by event id: when a person's profile row changes, the reader loads that person's stored
+    sequence (written in the same transaction as the profile) and every outstanding event whose id
+    is in it became readable at this poll.  An outstanding event older than the oldest event of
+    that stored window can no longer appear (applied then pushed out by newer ones, or dropped as
+    too late): the profile has moved past it, so it counts as readable now, and as ``superseded``.
+    """
+
+    def __init__(self, db_path: str, poll_s: float) -> None:
+        self.db_path = db_path
+        self.poll_s = poll_s
+        self.lock = threading.Lock()
+        self.pending: dict[str, dict[str, tuple[float, int, str]]] = defaultdict(dict)
+        self.outstanding: dict[str, int] = defaultdict(int)
+        self.latencies: dict[str, list[float]] = defaultdict(list)
+        self.superseded: dict[str, int] = defaultdict(int)
+        self.seen: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="freshness-reader", daemon=True)
+
+    def produced(self, person: str, event_id: str, ts_ms: int, at_ms: float, phase: str) -> None:
+        with self.lock:
+            self.pending[person][event_id] = (at_ms, ts_ms, phase)
+            self.outstanding[phase] += 1
+
+    def _resolve(self, person: str, blob: bytes, now: float) -> None:
+        """Match outstanding ids against the stored window (``[[event_id, ts_ms, ...], ...]``, oldest first).
+
+        A quoted-id substring test instead of parsing every window: the reader shares the machine
+        with the worker it measures, so it stays cheap.
+        """
+        mine = self.pending.get(person, {})
+        oldest: int | None = None
+        for event_id in list(mine):
+            at, ts, phase = mine[event_id]
+            found = f'"{event_id}"'.encode() in blob
+            if not found:
+                if oldest is None:
+                    first = orjson.loads(blob[1 : blob.index(b"]") + 1]) if blob.startswith(b"[[") else []
+                    oldest = int(first[1]) if first else 0
+                if ts >= oldest:
+                    continue
+                self.superseded[phase] += 1
+            del mine[event_id]
+            self.latencies[phase].append(now - at)
+            self.outstanding[phase] -= 1
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.db_path, timeout=5)
+        watermark = 0
+        try:
+            while not self.stop.is_set():
+                rows = conn.execute("SELECT person_id, write_ts, updated_ms FROM profiles WHERE updated_ms >= ?",
+                                    (watermark,)).fetchall()
+                with self.lock:
+                    changed = [r[0] for r in rows if r[1] != self.seen.get(r[0]) and self.pending.get(r[0])]
+                windows: list[tuple[str, bytes, int]] = []
+                for start in range(0, len(changed), 500):
+                    part = changed[start : start + 500]
+                    windows += conn.execute("SELECT person_id, events, write_ts FROM sequences WHERE person_id IN "
+                                            f"({','.join('?' * len(part))})", part).fetchall()
+                now = time.time() * 1000
+                with self.lock:
+                    for person, events, write_ts in windows:
+                        self.seen[person] = write_ts
+                        self._resolve(person, bytes(events), now)
+                if rows:  # rows are stamped before their write commits: look back well past that
+                    watermark = max(watermark, max(r[2] for r in rows) - 10_000)
+                time.sleep(self.poll_s)
+        finally:
+            conn.close()
+
+    def wait_drained(self, phase: str, timeout: float, idle_s: float = 10.0) -> bool:
+        """Until the phase's events are all readable, or none became readable for ``idle_s``, or timeout."""
+        deadline = time.monotonic() + timeout
+        last, moved = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            with self.lock:
+                left = self.outstanding[phase]
+            if left <= 0:
+                return True
+            if left != last:
+                last, moved = left, time.monotonic()
+            elif time.monotonic() - moved > idle_s:
+                break
+            time.sleep(0.05)
+        with self.lock:  # never readable: drop them, so they cannot be mistaken for later events
+            for mine in self.pending.values():
+                for event_id in [e for e, (_, _, ph) in mine.items() if ph == phase]:
+                    del mine[event_id]
+        return False
+
+
+def produce_at(settings: Settings, tracker: Tracker, traffic: Any, rate: float, seconds: float,
+               phase: str) -> dict[str, Any]:
+    """Send single-event messages at ``rate`` for ``seconds``; event time = produce time."""
+    from streams.produce import make_producer, raw_topic_map
+    from streams.synthetic import RawEvent
+
+    topic_of = raw_topic_map(settings)
+    producer = make_producer(settings, linger_ms=1, client_id="bench-freshness")
+    sent = 0
+    started = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = min(int(rate * elapsed) - sent, 1000)
+            if due <= 0:
+                time.sleep(min(0.002, max(0.0, (sent + 1) / rate - elapsed)))
+                continue
+            now_ms = time.time() * 1000
+            for event in traffic.events(due, int(now_ms), 0.0):
+                if not isinstance(event, RawEvent):
+                    continue
+                event_id = raw_field(event, "event_id_field")
+                tracker.produced(event.person_id, event_id, event.ts_ms, time.time() * 1000, phase)
+                producer.send(topic_of[event.topic], key=event.key.encode(), value=orjson.dumps(event.value))
+                sent += 1
+        producer.flush()
+    finally:
+        producer.close()
+    took = time.monotonic() - started
+    return {"events": sent, "seconds": round(took, 2), "achieved_rate": round(sent / took, 1)}
+
+
+def percentiles(values: list[float], unreadable: int) -> dict[str, float | None]:
+    """p50/p95/p99/max in ms; events never readable count as infinitely late (None when reached)."""
+    data = sorted(values) + [math.inf] * unreadable
+    if not data:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+
+    def at(q: float) -> float | None:
+        value = data[min(len(data) - 1, int(q * len(data)))]
+        return None if math.isinf(value) else round(value, 1)
+
+    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0)}
+
+
+def run_rate(settings: Settings, tracker: Tracker, traffic: Any, rate: float, seconds: float, drain_s: float,
+             probe: bool = False, phase: str | None = None, pause_s: float = 1.0) -> dict[str, Any]:
+    phase = phase or f"{rate:g}"
+    say(f"rate {rate:g} events/s for {seconds:g}s{' (probe)' if probe else ''}")
+    sent = produce_at(settings, tracker, traffic, rate, seconds, phase)
+    drained = tracker.wait_drained(phase, drain_s)
+    with tracker.lock:
+        values, unreadable = list(tracker.latencies[phase]), max(tracker.outstanding[phase], 0)
+        superseded = tracker.superseded[phase]
+    result = {"rate": rate, "probe": probe, **sent, "readable": len(values), "superseded": superseded,
+              "unreadable": unreadable, "drained": drained, **percentiles(values, unreadable)}
+    say(f"rate {rate:g}: achieved {sent['achieved_rate']}/s, p50 {result['p50_ms']} p95 {result['p95_ms']} "
+        f"p99 {result['p99_ms']} ms")
+    time.sleep(pause_s)  # let the worker's last batch and commit settle before the next rate
+    return result
+
+
+def held(result: dict[str, Any], hold_p99_ms: float) -> bool:
+    p99 = result["p99_ms"]
+    return p99 is not None and p99 < hold_p99_ms and result["achieved_rate"] >= 0.95 * result["rate"]
+
+
+def probe_rates(run: Any, results: list[dict[str, Any]], steps: int, hold_p99_ms: float) -> None:
+    """Grow by 1.5x past the last held rate, or bisect between the best held and the first failed."""
+    good = max((r["rate"] for r in results if held(r, hold_p99_ms)), default=0.0)
+    bad = min((r["rate"] for r in results if not held(r, hold_p99_ms)), default=math.inf)
+    for _ in range(steps):
+        rate = round(good * 1.5 if math.isinf(bad) else (good + bad) / 2, -1) or 100.0
+        if rate in {r["rate"] for r in results}:
+            break
+        result = run(rate)
+        results.append(result)
+        if held(result, hold_p99_ms):
+            good = rate
+        else:
+            bad = rate
+
+
+def _wait_ready(proc: Proc, port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.check()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError("worker not ready")
+
+
+def _plot(report: dict[str, Any], latencies: dict[str, list[float]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for result in report["rates"]:
+        values = sorted(latencies.get(f"{result['rate']:g}", []))
+        if values:
+            ys = [(i + 1) / (len(values) + result["unreadable"]) for i in range(len(values))]
+            ax.plot(values, ys, label=f"{result['rate']:g}/s (p99 {result['p99_ms']} ms)")
+    ax.axvline(TARGET_P99_MS, color="red", linestyle="--", label=f"target p99 {TARGET_P99_MS:g} ms @ {TARGET_RATE}/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("event produced -> profile readable (ms)")
+    ax.set_ylabel("share of events")
+    ax.set_title(f"freshness, one worker, {report['machine']['cores']} cores, SQLite")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="500,2000,5000", help="comma-separated events/s")
+    parser.add_argument("--seconds", type=float, default=15.0, help="production time per rate")
+    parser.add_argument("--probe-steps", type=int, default=3, help="extra runs searching the highest rate held")
+    parser.add_argument("--hold-p99-ms", type=float, default=1000.0, help="p99 under which a rate counts as held")
+    parser.add_argument("--drain-s", type=float, default=60.0, help="wait for a rate's backlog at most this long")
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--poll-ms", type=float, default=20.0, help="store polling interval of the reader")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--out-dir", default=str(BENCH_DIR))
+    parser.add_argument("--registry", default=None, help="bench model registry (default OUT_DIR/registry)")
+    parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
+    args = parser.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    if args.quick:
+        rates, args.seconds, args.probe_steps, args.drain_s = [200.0, 500.0], min(args.seconds, 1.5), 0, 20.0
+        args.users, args.items = min(args.users, 300), min(args.items, 600)
+    directory = out_dir(args.out_dir, "freshness")
+    registry = args.registry or str(Path(args.out_dir) / "registry")
+    report: dict[str, Any] = {"bench": "freshness", "command": command("freshness", argv), "machine": machine(),
+                              "users": args.users, "seconds_per_rate": args.seconds, "poll_ms": args.poll_ms,
+                              "quick": args.quick, "message": "one event per message"}
+    report["model_version"] = ensure_model(registry, args.quick)
+    from schemas.adapters import load_adapters
+    from streams.kafka_config import ensure_topics, worker_topics
+    from streams.synthetic import SyntheticTraffic
+
+    traffic = SyntheticTraffic(load_adapters(), users=args.users, items=args.items, seed=args.seed,
+                               anonymous_share=0.0)
+    with embedded_broker(directory) as broker:
+        settings = bench_settings(broker.url, directory, f"f{int(time.time())}", registry,
+                                  **(QUICK_SETTINGS if args.quick else {}))
+        report["settings"] = knobs(settings)
+        ensure_topics(settings, worker_topics(settings))
+        proc = Proc.worker(settings, directory / "worker.log")
+        tracker = Tracker(settings.sqlite_path(), args.poll_ms / 1000)
+        try:
+            _wait_ready(proc, settings.web_port)
+            tracker.thread.start()
+            say("warm-up")
+            warm = run_rate(settings, tracker, traffic, 200, 1.0 if args.quick else 2.0, 60.0, phase="warm-up")
+            if not warm["drained"]:
+                raise RuntimeError("warm-up events never became readable; see worker.log")
+
+            def run(rate: float, probe: bool = False) -> dict[str, Any]:
+                proc.check()
+                return run_rate(settings, tracker, traffic, rate, args.seconds, args.drain_s, probe,
+                                pause_s=0.2 if args.quick else 1.0)
+
+            results = [run(rate) for rate in rates]
+            probe_rates(lambda rate: run(rate, True), results, args.probe_steps, args.hold_p99_ms)
+            report["worker_peak_rss_mb"] = round(proc.rss_mb()[1], 1)
+        finally:
+            tracker.stop.set()
+            proc.stop()
+    report["rates"] = sorted(results, key=lambda r: r["rate"])
+    best = max((r for r in results if held(r, args.hold_p99_ms)), key=lambda r: r["rate"], default=None)
+    report["max_rate_held"] = None if best is None else {k: best[k] for k in ("rate", "achieved_rate", "p50_ms",
+                                                                                 "p95_ms", "p99_ms")}
+    at_target = next((r for r in results if r["rate"] == TARGET_RATE), None)
+    report["targets"] = {"p99_ms_at_2000_per_s": target(at_target["p99_ms"] if at_target else None, TARGET_P99_MS,
+                                                        higher_is_better=False)}
+    report["all_targets_met"] = all(t["met"] for t in report["targets"].values())
+    path = plot_path(directory, "freshness")
+    _plot(report, tracker.latencies, path)
+    report["plot"] = str(path)
+    return emit(report)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

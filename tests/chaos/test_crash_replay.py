@@ -1,0 +1,105 @@
+"""kill -9 at the three points of the commit order, and a replay from the earliest offsets.
+
+What a user relies on: a worker that dies at any instant (OOM killer, node
+loss, ``kill -9``) loses nothing it acknowledged, and running a group again
+from offset 0 (an operator's ``--reset-offsets --to-earliest``) changes no
+row.  The oracle says what every profile must be from the produced events
+alone, so the comparison does not depend on where the crash landed.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streams.produce import produce_events
+from streams.settings import Settings
+from tests.chaos.support import (
+    committed,
+    report,
+    reset_group_to_earliest,
+    soak,
+    stored_counts,
+    synthetic,
+    wait_for_oracle,
+    worker_input_topics,
+)
+from tests.helpers import WorkerProcess, checksum, metric_value, scan, wait_until
+
+CRASH_POINTS = ["before_write", "after_write", "after_commit"]
+FAST = [pytest.param(point, 3, 1200, id=point) for point in CRASH_POINTS]
+SOAK_RUNS = [pytest.param(point, 25, 12_000, id=f"soak-{point}", marks=soak) for point in CRASH_POINTS]
+
+
+@pytest.mark.parametrize(("point", "nth", "events"), FAST + SOAK_RUNS)
+def test_kill_9_mid_batch_loses_nothing_acknowledged(
+    point: str, nth: int, events: int, chaos_settings: Callable[..., Settings], model_registry: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    _, version = model_registry
+    settings = chaos_settings()
+    traffic = synthetic(users=events // 20, events=events, seed=31)
+    produce_events(settings, traffic.produced)
+
+    victim = WorkerProcess(settings, tmp_path, name=f"crash-{point}", INTEREST_TEST_CRASH_AT=f"{point}:{nth}").start()
+    assert victim.proc is not None
+    code = victim.proc.wait(timeout=120)
+    assert code == -signal.SIGKILL, f"worker did not die at {point}: exit {code}\n{victim.logs()[-2000:]}"
+    assert f"SIGKILL at {point}" in victim.logs()
+    person_topic = [settings.person_topic]
+    at_crash = stored_counts(settings, version)
+    committed_at_crash = committed(settings, person_topic)
+    if point == "after_commit":
+        assert committed_at_crash > 0, "the forced commit reached the broker before the kill"
+
+    with WorkerProcess(settings, tmp_path, name=f"restart-{point}") as worker:
+        wait_for_oracle(settings, version, traffic.oracle, timeout=120 if nth < 10 else 600)
+        _, text = worker.get("/metrics")
+        duplicates = metric_value(text, "interest_events_duplicate_total")
+        applied = metric_value(text, "interest_events_applied_total")
+    final = stored_counts(settings, version)
+    report(f"kill -9 at {point} (pass {nth})", produced_events=traffic.events, people=len(traffic.oracle),
+           profiles_at_crash=at_crash[0], events_stored_at_crash=at_crash[1],
+           person_topic_committed_at_crash=committed_at_crash, applied_after_restart=int(applied),
+           duplicates_after_restart=int(duplicates), final_profiles=final[0], final_events=final[1])
+    assert final == (len(traffic.oracle), traffic.events)
+    # Whatever the restart re-applied on top of what was stored is either new or recognised as a duplicate.
+    assert at_crash[1] + applied == traffic.events
+
+
+def test_replay_from_earliest_offsets_changes_no_row(
+    chaos_settings: Callable[..., Settings], model_registry: tuple[str, str], tmp_path: Path
+) -> None:
+    _, version = model_registry
+    settings = chaos_settings()
+    traffic = synthetic(users=50, events=800, seed=37)
+    produce_events(settings, traffic.produced)
+    with WorkerProcess(settings, tmp_path, name="first-run"):
+        wait_for_oracle(settings, version, traffic.oracle)
+        wait_until(lambda: not any(committed_lag(settings)), 60, what="every offset committed")
+    before = checksum(scan(settings, version))
+    topics = worker_input_topics(settings)
+    reset = reset_group_to_earliest(settings, topics)
+    assert committed(settings, topics) == 0
+
+    with WorkerProcess(settings, tmp_path, name="replay") as worker:
+        wait_until(lambda: worker.get("/stats")[1]["events_in"] >= traffic.events, 90, what="raw topics re-read")
+        wait_until(lambda: not any(committed_lag(settings)), 90, what="replay committed to the end")
+        _, text = worker.get("/metrics")
+    after = checksum(scan(settings, version))
+    profiles, events = stored_counts(settings, version)
+    report("replay from earliest", partitions_reset=reset, produced_events=traffic.events,
+           duplicates_seen=int(metric_value(text, "interest_events_duplicate_total")),
+           applied_on_replay=int(metric_value(text, "interest_events_applied_total")),
+           profiles=profiles, events=events, checksum_before=before[:12], checksum_after=after[:12])
+    assert after == before, "replaying from the earliest offsets changed a row"
+    assert metric_value(text, "interest_events_applied_total") == 0
+
+
+def committed_lag(settings: Settings) -> list[int]:
+    from tests.chaos.support import group_lag
+
+    return [lag for lag in group_lag(settings, worker_input_topics(settings)).values() if lag]

@@ -1,0 +1,112 @@
+"""Every benchmark runs end to end in its ``--quick`` form and prints a well-formed JSON result.
+
+Why: the benches are what the README quotes, so a refactor that breaks one must fail CI, not the
+next person who wants numbers.  These checks are about shape and sanity (positive rates, ratios
+that are the quotient of the reported numbers, targets with verdicts), never about speed: the
+quick sizes are far too small for the targets to mean anything.  The bench model registry is
+shared by the module, so the (quick) model is trained once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")  # the naive baseline and the encoder bench compare with PyTorch eager
+
+COMMON = {"bench", "command", "machine", "targets", "all_targets_met", "quick"}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("bench-registry"))
+
+
+def run_bench(main: Callable[[list[str]], dict[str, Any]], argv: list[str], capsys: pytest.CaptureFixture[str],
+              ) -> dict[str, Any]:
+    """Run a bench's ``main`` and parse the last stdout line, as a user's script would."""
+    returned = main(argv)
+    lines = capsys.readouterr().out.strip().splitlines()
+    report: dict[str, Any] = json.loads(lines[-1])
+    assert report == json.loads(json.dumps(returned, sort_keys=True, default=str))
+    assert set(report) >= COMMON, COMMON - set(report)
+    assert report["quick"] is True
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert report["command"].startswith(f"python -m bench.{report['bench']}")
+    for name, verdict in report["targets"].items():
+        assert {"value", "target", "met"} <= set(verdict), name
+        assert isinstance(verdict["met"], bool)
+    if "plot" in report:
+        assert Path(report["plot"]).is_file()
+    return report
+
+
+def close(ratio: float | None, num: float, den: float) -> bool:
+    return ratio is not None and abs(ratio - num / den) <= 1e-3 * max(1.0, num / den)
+
+
+def test_throughput(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.throughput import main
+
+    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path), "--registry", registry], capsys)
+    worker, passthrough, naive = (report[k] for k in ("worker", "passthrough", "naive"))
+    envelope = report["envelopes"]["20"]
+    for run in (worker, passthrough, naive, envelope):
+        assert run["events_per_s"] > 0
+    assert worker["profiles"] > 0 and worker["applied_events"] > 0.8 * report["events"]
+    assert envelope["messages"] < worker["messages"]
+    ratios = report["ratios"]
+    assert close(ratios["worker_vs_passthrough"], worker["events_per_s"], passthrough["events_per_s"])
+    assert close(ratios["worker_vs_naive"], worker["events_per_s"], naive["events_per_s"])
+    assert close(ratios["envelope_vs_single"], envelope["events_per_s"], worker["events_per_s"])
+    assert set(report["targets"]) == {"worker_vs_passthrough", "worker_vs_naive", "envelope_vs_single"}
+    assert report["settings"]["store"] == "sqlite"
+
+
+def test_freshness(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.freshness import main
+
+    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path), "--registry", registry], capsys)
+    assert [r["rate"] for r in report["rates"]] == [200.0, 500.0]
+    for run in report["rates"]:
+        assert run["events"] > 0 and run["achieved_rate"] > 0
+        assert run["readable"] + run["unreadable"] == run["events"]
+        assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"] <= run["max_ms"]
+    assert "p99_ms_at_2000_per_s" in report["targets"]
+
+
+def test_encoder(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.encoder import main
+
+    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path), "--registry", registry], capsys)
+    assert {p["batch"] for p in report["cpu"]} == {1, 256}
+    for point in report["cpu"]:
+        assert point["ort_people_per_s"] > 0 and point["torch_people_per_s"] > 0
+        assert close(point["speedup"], point["ort_people_per_s"], point["torch_people_per_s"])
+        assert point["ort_people_per_s"] == pytest.approx(point["batch"] / (point["ort_ms"] / 1000), rel=0.01)
+    assert report["runtime_people_per_s_batch256_seq50"] > 0
+    assert (report["cuda"] is None) == (report["cuda_skipped"] is not None)
+    assert report["architecture"]["layers"] >= 1
+
+
+def test_memory(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.memory import main
+
+    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path), "--registry", registry], capsys)
+    assert 20 < report["rss_end_mb"] <= report["peak_rss_mb"] < 100_000
+    assert report["people_cached"] > 0
+    assert report["targets"]["peak_rss_mb"]["value"] == pytest.approx(report["peak_rss_mb"], abs=0.1)
+
+
+def test_quality(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("recbole", reason="MovieLens-100K ships with recbole")
+    from bench.quality import main
+
+    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path)], capsys)
+    assert 0 < report["ours"]["ndcg@10"] <= 1 and 0 < report["popularity"]["ndcg@10"] <= 1
+    assert close(report["ratios"]["ndcg_vs_popularity"], report["ours"]["ndcg@10"], report["popularity"]["ndcg@10"])
+    assert report["train_seconds"] > 0
