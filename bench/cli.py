@@ -19,6 +19,8 @@ BENCHES = {
     "encoder": "onnxruntime vs PyTorch eager people/s by batch and sequence length (CUDA when present)",
     "memory": "peak RSS of a worker through a catch-up",
     "quality": "MovieLens-100K NDCG@10 / HR@10 vs popularity, with training time",
+    "swap": "freshness p99 during a model hot-swap vs steady state",
+    "rolling": "workers replaced one at a time under load, store vs oracle",
 }
 
 

@@ -50,11 +50,14 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         log_file: str | Path | None = None,
         extra_args: list[str] | None = None,
+        advertised_url: str | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_file = Path(log_file) if log_file else None
         self.extra_args = extra_args or []
+        # What Metadata answers tell clients to connect to; a front (e.g. a TLS proxy) may differ from the listener.
+        self.advertised_url = advertised_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,7 +74,8 @@ class EmbeddedBroker:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener, *self.extra_args],
+            [binary, "broker", "--listener-url", listener, "--advertised-listener-url", self.advertised_url or listener,
+             *self.extra_args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

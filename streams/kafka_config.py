@@ -96,3 +96,58 @@ def worker_topics(settings: Settings) -> dict[str, int]:
     topics[settings.dlq_topic] = 1
     topics[settings.models_topic] = 1
     return topics
+
+
+def check_kafka_access(settings: Settings, timeout_s: float = 15.0) -> None:
+    """Connect once to each bootstrap server with the security settings; raise ``KafkaConfigError``
+    when the broker rejects the SASL credentials or its TLS certificate does not verify.
+
+    Why: Kafka clients treat every failed connection alike and retry until a
+    timeout (kafka-python's admin then only says "Unable to bootstrap"), so a
+    wrong password or CA would look like a slow broker.  These two are operator
+    errors that no retry fixes.  A broker that is merely unreachable or slow is
+    not an error here: the caller goes on and its clients wait for it as before.
+    Uses aiokafka, the library the Faust worker itself connects with.
+    """
+    import asyncio
+
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
+
+    proto = settings.kafka_security_protocol
+    if proto == KafkaSecurity.PLAINTEXT:
+        return
+    ctx = ssl_context(settings)
+    sasl = proto in (KafkaSecurity.SASL_PLAINTEXT, KafkaSecurity.SASL_SSL)
+    password = settings.kafka_sasl_password.get_secret_value() if sasl and settings.kafka_sasl_password else None
+
+    async def probe(server: str) -> None:
+        host, _, port = server.rpartition(":")
+        conn = await asyncio.wait_for(
+            create_conn(host, int(port), client_id="interest-check", ssl_context=ctx, security_protocol=proto.value,
+                        request_timeout_ms=int(timeout_s * 1000),
+                        sasl_mechanism=settings.kafka_sasl_mechanism if sasl else None,
+                        sasl_plain_username=settings.kafka_sasl_username if sasl else None,
+                        sasl_plain_password=password),
+            timeout_s,
+        )
+        conn.close()
+
+    for server in settings.bootstrap_servers():
+        try:
+            asyncio.run(probe(server))
+        except (SaslAuthenticationFailed, UnsupportedSaslMechanismError) as exc:
+            raise KafkaConfigError(
+                f"Kafka broker {server} rejected SASL {settings.kafka_sasl_mechanism} login for user "
+                f"{settings.kafka_sasl_username!r} ({type(exc).__name__}): check INTEREST_KAFKA_SASL_USERNAME, "
+                "INTEREST_KAFKA_SASL_PASSWORD and INTEREST_KAFKA_SASL_MECHANISM"
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise KafkaConfigError(
+                f"cannot verify the TLS certificate of Kafka broker {server} ({exc.verify_message}): check "
+                "INTEREST_KAFKA_SSL_CAFILE (the CA that signed the broker's certificate)"
+                + (" and INTEREST_KAFKA_SSL_CHECK_HOSTNAME" if "hostname" in str(exc).lower() else "")
+            ) from None
+        except (TimeoutError, OSError, KafkaError):
+            continue  # unreachable or slow: the worker's clients retry it
+        return  # one server accepted the settings: they are right

@@ -106,8 +106,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(2000, ge=1, le=1_000_000, description="Max messages per micro-batch")
     batch_wait_ms: int = Field(100, ge=1, le=60_000, description="Max wait to fill a micro-batch")
     update_batch_envelopes: int = Field(
-        8, ge=1, le=10_000,
-        description="Person-topic messages per update batch (each holds <= 500 records): bounds memory and latency",
+        128, ge=1, le=10_000,
+        description="Person-topic messages per update batch (each <= 500 records): bounds a catch-up's memory",
     )
     seq_len: int = Field(50, ge=1, le=999, description="Events kept per person")
     retry_attempts: int = Field(3, ge=0, le=100, description="Retries of a failing batch before DLQ")

@@ -18,6 +18,33 @@ def configure_logging(level: str) -> None:
     )
 
 
+def redact_secrets_in_logs(secrets: list[str]) -> None:
+    """Mask ``secrets`` in every log message from now on, whoever logs it.
+
+    Why: kafka-python's ``KafkaAdminClient`` logs its whole configuration at
+    DEBUG, SASL password included; a record factory (unlike a handler filter)
+    also covers the handlers Faust installs later.
+    """
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        return
+    base = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler's own error reporting
+            return record
+        if any(s in message for s in secrets):
+            for secret in secrets:
+                message = message.replace(secret, "**********")
+            record.msg, record.args = message, None
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
 def run_worker(settings: object) -> None:
     """Create topics if missing, then run the Faust worker until SIGTERM/SIGINT.
 
@@ -28,13 +55,20 @@ def run_worker(settings: object) -> None:
     import faust
 
     from streams.app import create_app
-    from streams.kafka_config import ensure_topics, worker_topics
+    from streams.kafka_config import KafkaConfigError, check_kafka_access, ensure_topics, worker_topics
     from streams.settings import Settings
 
     assert isinstance(settings, Settings)
     configure_logging(settings.log_level)
+    redact_secrets_in_logs([v.get_secret_value() for v in (settings.kafka_sasl_password, settings.cassandra_password)
+                            if v is not None])
     check_store(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        check_kafka_access(settings)
+    except KafkaConfigError as exc:  # wrong credentials or CA: no retry fixes it, say which setting to fix
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     ensure_topics(settings, worker_topics(settings))
     app, _ = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)

@@ -5,10 +5,9 @@ configuration only; a wrong password or an untrusted CA stops the worker at
 start-up with a message that names the setting to fix (instead of retrying
 forever in silence); and neither the logs nor ``interest config`` ever show
 a secret.  Cassandra runs over the real driver against the CQL test server
-with PasswordAuthenticator and TLS.  Kafka SASL/SCRAM + TLS is checked at
-the settings level only: the embedded Tansu 0.6.0 broker cannot serve it
-(``--authentication`` refuses the unauthenticated user creation its memory
-storage needs, and ``--cert`` does not switch the listener to TLS).
+with PasswordAuthenticator and TLS.  Kafka SASL/SCRAM + TLS end to end is in
+``test_kafka_secure.py`` (a TLS + SCRAM proxy in front of the embedded
+broker, which cannot serve either itself); here only the settings checks.
 """
 
 from __future__ import annotations
