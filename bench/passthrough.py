@@ -21,7 +21,7 @@ import faust
 import orjson
 
 from streams import faust_tuning
-from streams.kafka_config import ensure_topics, faust_credentials, worker_topics
+from streams.kafka_config import ensure_topics, worker_topics
 from streams.settings import Settings, load_settings
 
 log = logging.getLogger("bench.passthrough")
@@ -29,25 +29,7 @@ log = logging.getLogger("bench.passthrough")
 
 def create_app(settings: Settings) -> faust.App:
     """The minimal app: one agent over the raw topics and identity links, same Faust settings as the worker."""
-    app = faust_tuning.LeanApp(
-        settings.app_id,
-        broker=[f"kafka://{h}" for h in settings.bootstrap_servers()],
-        broker_credentials=faust_credentials(settings),
-        store="memory://",
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
-        topic_allow_declare=True,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        stream_buffer_maxsize=max(4096, settings.batch_size * 2),
-        web_enabled=False,
-        datadir=f"{settings.data_dir}/faust-{settings.app_id}",
-        table_standby_replicas=0,
-    )
-    faust_tuning.install()
-    app.interest_fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms  # type: ignore[attr-defined]
+    app = faust_tuning.lean_app(settings)
     topic = app.topic(*settings.raw_topics(), settings.identity_topic,
                       key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     counts = {"messages": 0, "events": 0}

@@ -28,7 +28,6 @@ from schemas.events import Rejected
 from schemas.normalize import Normalizer, decode_link
 from streams import faults, faust_tuning, metrics
 from streams.dlq import dlq_headers
-from streams.kafka_config import faust_credentials
 from streams.model_holder import ModelHolder
 from streams.model_watch import watch_models
 from streams.routing import (
@@ -246,29 +245,7 @@ class WorkerContext:
 
 def create_app(settings: Settings) -> tuple[faust.App, WorkerContext]:
     """Build the Faust app for ``settings`` (no global app: tests build many)."""
-    app = faust_tuning.LeanApp(
-        settings.app_id,
-        broker=[f"kafka://{h}" for h in settings.bootstrap_servers()],
-        broker_credentials=faust_credentials(settings),
-        store="memory://",
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
-        topic_allow_declare=True,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_linger=0.005,
-        stream_buffer_maxsize=max(4096, settings.batch_size * 2),
-        web_port=settings.web_port,
-        web_bind=settings.web_host,
-        web_enabled=True,
-        datadir=f"{settings.data_dir}/faust-{settings.app_id}",
-        table_standby_replicas=0,
-    )
-    faust_tuning.install()
-    app.interest_fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms  # type: ignore[attr-defined]
+    app = faust_tuning.lean_app(settings, web_port=settings.web_port, web_bind=settings.web_host, web_enabled=True)
     ctx = WorkerContext(app, settings)
     raw_topic = app.topic(*settings.raw_topics(), settings.identity_topic,
                           key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

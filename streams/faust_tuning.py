@@ -17,6 +17,8 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streams.settings import Settings
+
 _original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
 
@@ -46,3 +48,36 @@ class LeanApp(faust.App):
         services = super().on_init_dependencies()
         self.sensors.remove(self.monitor)
         return services
+
+
+def lean_app(settings: Settings, **overrides: Any) -> faust.App:
+    """The Faust app every process of ours builds (worker, pass-through bench), tuned as above.
+
+    One place for the Faust options so the benchmark's framework ceiling is
+    measured with exactly the worker's configuration.
+    """
+    from streams.kafka_config import faust_credentials
+
+    options: dict[str, Any] = {
+        "broker": [f"kafka://{h}" for h in settings.bootstrap_servers()],
+        "broker_credentials": faust_credentials(settings),
+        "store": "memory://",
+        "topic_partitions": settings.topic_partitions,
+        "topic_replication_factor": 1,
+        "topic_allow_declare": True,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": settings.heartbeat_interval_s,
+        "broker_commit_interval": 1.0,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "producer_linger": 0.005,
+        "stream_buffer_maxsize": max(4096, settings.batch_size * 2),
+        "web_enabled": False,
+        "datadir": f"{settings.data_dir}/faust-{settings.app_id}",
+        "table_standby_replicas": 0,
+    }
+    options.update(overrides)
+    install()
+    app = LeanApp(settings.app_id, **options)
+    app.interest_fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms  # type: ignore[attr-defined]
+    return app

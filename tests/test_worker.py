@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -15,50 +13,9 @@ from schemas.adapters import load_adapters
 from streams.dlq import headers_dict
 from streams.kafka_config import ensure_topics, kafka_python_options, worker_topics
 from streams.produce import produce_events
-from streams.settings import Settings
-from streams.stores.factory import open_store
 from streams.synthetic import RawEvent, SyntheticTraffic
-from tests.helpers import WorkerProcess, wait_until
+from tests.helpers import WorkerProcess, checksum, scan, wait_until
 from tests.oracle import expected_profiles
-
-
-async def _scan(settings: Settings, version: str) -> dict[str, Any]:
-    store = open_store(settings)
-    await store.open()
-    try:
-        states = []
-        after = None
-        while True:
-            page = await store.iter_states(after, 500)
-            if not page:
-                break
-            states.extend(page)
-            after = page[-1].person_id
-        profiles = {}
-        for state in states:
-            row = await store.get_profile(state.person_id, version)
-            if row is not None:
-                profiles[state.person_id] = row
-        return {"states": {s.person_id: s for s in states}, "profiles": profiles}
-    finally:
-        await store.close()
-
-
-def scan(settings: Settings, version: str) -> dict[str, Any]:
-    return asyncio.run(_scan(settings, version))
-
-
-def checksum(snapshot: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    for person in sorted(snapshot["profiles"]):
-        p = snapshot["profiles"][person]
-        h.update(orjson.dumps([p.person_id, p.model_version, p.event_count, p.first_ts_ms, p.last_ts_ms,
-                               p.platforms, p.write_ts, p.updated_ms]))
-        h.update(p.vector.tobytes())
-    for person in sorted(snapshot["states"]):
-        s = snapshot["states"][person]
-        h.update(orjson.dumps([s.person_id, [e.event_id for e in s.events], s.write_ts]))
-    return h.hexdigest()
 
 
 def test_synthetic_traffic_becomes_one_profile_per_person(
