@@ -25,7 +25,6 @@ from typing import Any
 
 from bench.common import (
     BENCH_DIR,
-    Proc,
     bench_settings,
     command,
     embedded_broker,
@@ -40,6 +39,7 @@ from bench.common import (
     target,
 )
 from bench.freshness import Tracker, _wait_ready, run_rate
+from bench.runs import Proc
 
 MAX_SWAP_P99_RATIO = 2.0
 
