@@ -205,13 +205,13 @@ def _announce(registry: Path, version: str, action: str) -> dict[str, Any]:
     """Announce on interest.models; failure is reported, not fatal (workers re-check the registry)."""
     from streams.model_watch import announce
 
-    settings = _settings(registry)
     try:
+        settings = _settings(registry)
         announce(settings, version, action)
         return {"announced": True}
-    except Exception as exc:
-        typer.echo(f"warning: could not announce on {settings.models_topic} ({exc}); workers pick the "
-                   f"change up at their next registry check (every {settings.model_check_interval_s:g}s)", err=True)
+    except (Exception, typer.Exit) as exc:  # the registry already changed: report, do not fail
+        typer.echo(f"warning: could not announce the change ({exc!r}); workers pick it up at their next "
+                   "registry check (INTEREST_MODEL_CHECK_INTERVAL_S)", err=True)
         return {"announced": False}
 
 
@@ -271,7 +271,14 @@ def trainer_cmd(
     settings = _settings(registry)
     while True:
         started = time.monotonic()
-        typer.echo(json.dumps(run_round(settings, options), sort_keys=True, default=str))
+        try:
+            summary = run_round(settings, options)
+        except Exception as exc:  # --every must survive a bad round (store down, odd data); --once reports it
+            if once:
+                raise
+            typer.echo(f"error: training round failed: {type(exc).__name__}: {exc}", err=True)
+            summary = {"published": False, "error": f"{type(exc).__name__}: {exc}"}
+        typer.echo(json.dumps(summary, sort_keys=True, default=str))
         if once:
             return
         pause = max(0.0, period - (time.monotonic() - started))

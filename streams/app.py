@@ -57,7 +57,7 @@ class WorkerContext:
         self.normalizer = Normalizer(load_adapters())
         self.platforms = set(self.normalizer.adapters)
         self.store = open_store(settings)
-        self.model = ModelHolder(settings)
+        self.model = ModelHolder(settings, lambda: self.store.vector_dim)
         self.updater = ProfileUpdater(
             self.store, self.model.current, self.forward, settings.seq_len,
             lambda person: person_partition(person, settings.person_partitions),

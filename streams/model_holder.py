@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,9 @@ def _load_and_warm(root: str, version: str, use_gpu: str) -> Any:
 class ModelHolder:
     """Holds the runtime in use; ``refresh`` follows the registry's promoted version."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store_dim: Callable[[], int | None] = lambda: None) -> None:
         self.settings = settings
+        self.store_dim = store_dim  # a version whose vectors the store cannot hold is refused
         self._runtime: Any = None
         self._lock = asyncio.Lock()
         # version -> (reason, when): a refused version is retried only after REFUSAL_TTL_S, so
@@ -115,6 +117,10 @@ class ModelHolder:
             return self._refuse(want, "checks", str(exc))
         except Exception as exc:  # onnxruntime / filesystem errors: refuse, keep serving
             return self._refuse(want, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+        expected = self.store_dim()
+        if expected is not None and int(runtime.dim) != expected:
+            return self._refuse(want, "dimension", f"version {want} makes {runtime.dim}-dim vectors; the profile "
+                                f"store holds {expected}-dim vectors (initialise a store for it first)")
         old = self.version
         self._runtime = runtime
         self.swaps += 1

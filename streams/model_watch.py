@@ -69,7 +69,11 @@ class AnnouncementReader:
         self._consumer.assign([TopicPartition(settings.models_topic, p) for p in sorted(parts)])
         self._consumer.seek_to_end()
         for tp in self._consumer.assignment():
-            self._consumer.position(tp)  # resolve "end" now, so nothing announced later is skipped
+            # Resolve "end" now, so nothing announced later is skipped; bounded, so a broker that
+            # vanishes here makes the watcher retry instead of hanging (and the registry check with it).
+            if self._consumer.position(tp, timeout_ms=10_000) is None:
+                self.close()
+                raise TimeoutError(f"no offset for {tp.topic}[{tp.partition}] within 10s")
 
     def poll(self, timeout_s: float = 1.0) -> list[dict[str, Any]]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
@@ -108,7 +112,7 @@ async def watch_models(settings: Settings, refresh: Callable[[], Awaitable[bool]
             except Exception as exc:
                 log.warning("model announcements unavailable (%s); relying on the registry check", exc)
                 if reader is not None:
-                    reader.close()
+                    await asyncio.to_thread(reader.close)
                     reader = None
                 await asyncio.sleep(min(5.0, settings.model_check_interval_s))
             for body in announced:
@@ -123,4 +127,4 @@ async def watch_models(settings: Settings, refresh: Callable[[], Awaitable[bool]
                     log.exception("model refresh failed; still serving the current version")
     finally:
         if reader is not None:
-            reader.close()
+            await asyncio.to_thread(reader.close)

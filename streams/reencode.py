@@ -18,6 +18,7 @@ it, a completed one starts over (new people may have arrived).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
@@ -41,6 +42,7 @@ class ReencodeProgress:
     resumed_after: str | None
     complete: bool
     seconds: float = 0.0
+    store: str = ""
 
 
 def cursor_path(settings: Settings, version: str) -> Path:
@@ -86,11 +88,14 @@ async def reencode(
     version = str(runtime.version)
     path = cursor_path(settings, version)
     saved = None if restart else _load_cursor(path)
+    store_key = hashlib.sha256(settings.store_url.encode()).hexdigest()[:16]
+    if saved is not None and saved.get("store") != store_key:
+        saved = None  # a cursor of another store (or another order) must not skip anyone here
     resume = saved is not None and not saved.get("complete")
     after = saved.get("after") if resume and saved else None
     progress = ReencodeProgress(
         version=version, total=await store.count_states(), done=int(saved.get("done", 0)) if resume and saved else 0,
-        written=0, after=after, resumed_after=after, complete=False,
+        written=0, after=after, resumed_after=after, complete=False, store=store_key,
     )
     started = time.perf_counter()
     while max_people is None or progress.written < max_people:

@@ -220,3 +220,25 @@ def test_trainer_round_publishes_a_warm_started_version_that_workers_adopt(
         v3 = summary["version"]
         assert registry.promoted() == v3 and registry.manifest(v3)["parent"] == v1
         wait_until(lambda: worker.get("/ready")[1]["model_version"] == v3, 60, what="worker adopted the new version")
+
+
+def test_version_whose_vectors_the_store_cannot_hold_is_refused(
+    make_settings: Any, registry_with_two: tuple[Registry, str, str]
+) -> None:
+    """A store initialised for 64-dim vectors must not get a model it cannot write (every batch would fail)."""
+    import asyncio
+
+    from streams.model_holder import ModelHolder
+
+    registry, v1, v2 = registry_with_two
+    settings = make_settings(registry=str(registry.root))
+    store_dim: list[int | None] = [None]
+    holder = ModelHolder(settings, lambda: store_dim[0])
+    assert asyncio.run(holder.load()) and holder.version == v1
+    store_dim[0] = holder.current().dim // 2  # as if the store had been initialised for another model
+    registry.promote(v2)
+    assert asyncio.run(holder.refresh()) is False
+    assert holder.version == v1 and "holds" in holder.refused[v2][0]
+    store_dim[0] = holder.current().dim
+    holder.refused.clear()
+    assert asyncio.run(holder.refresh()) is True and holder.version == v2

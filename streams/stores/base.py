@@ -71,6 +71,10 @@ class ProfileStore(Protocol):
 
     url_scheme: str
 
+    @property
+    def vector_dim(self) -> int | None:
+        """The vector size the store was initialised with, when it enforces one."""
+
     async def open(self) -> None:
         """Connect and check the schema exists (clear ``StoreError`` if not)."""
 

@@ -203,6 +203,11 @@ class CassandraStore:
         versions = [h.release_version or "0" for h in self._cluster.metadata.all_hosts()]
         return bool(versions) and all(int(v.split(".")[0]) >= 5 for v in versions)
 
+    @property
+    def vector_dim(self) -> int | None:
+        """The ``vector<float, N>`` size (None in blob mode: any size fits)."""
+        return self.dim
+
     async def init_schema(self, vector_dim: int) -> None:
         """Create keyspace, tables and (5.0+) SAI indexes if missing; the store is open afterwards."""
         session = await self._ensure_connected()

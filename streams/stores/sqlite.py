@@ -247,6 +247,10 @@ class SqliteStore:
         self._thread.shutdown(wait=True)
         self._conn, self._thread = None, None
 
+    @property
+    def vector_dim(self) -> int | None:
+        return self._dim
+
     async def init_schema(self, vector_dim: int) -> None:
         """Create the tables if missing; the store is open afterwards."""
         await self._ensure_connected()
