@@ -8,7 +8,7 @@ runs the same load and, a second in, publishes and promotes a new version and an
 ``interest.models`` (exactly what ``interest models promote`` does).  The worker verifies,
 loads and warms the new version in a thread and swaps between two batches.  Target (model
 lifecycle issue): p99 during the swap at most 2x the steady p99.  The new version is a
-republish of the bench model's files: verify + load + warm-up cost the same as for new weights.
+re-import of the bench model's files: verify + load + warm-up cost the same as for new weights.
 """
 
 from __future__ import annotations
@@ -42,25 +42,6 @@ from bench.freshness import Tracker, _wait_ready, run_rate
 from bench.runs import Proc
 
 MAX_SWAP_P99_RATIO = 2.0
-
-
-def republish(registry: str, version: str) -> str:
-    """A new, unpromoted version with ``version``'s files (fresh name, same checks to pass)."""
-    from model.registry import Registry
-
-    reg = Registry(registry)
-    manifest = {k: v for k, v in reg.manifest(version).items()
-                if k not in ("version", "parent", "created", "sha256", "files")}
-    staging = Path(registry).parent / f"swap-src-{int(time.time() * 1000)}"
-    staging.mkdir(parents=True)
-    try:
-        files = {}
-        for name in reg.manifest(version)["files"]:
-            files[name] = staging / name
-            shutil.copyfile(reg.path(version) / name, files[name])
-        return reg.publish(files, manifest, promote=False, force=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _serving(port: int) -> str | None:
@@ -131,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         def promote_soon() -> None:
             time.sleep(1.0)
-            new = republish(str(registry), version)
+            new = Registry(registry).import_version(Registry(registry), version, promote=False, force=True)
             Registry(registry).promote(new)
             started = time.monotonic()
             announce(settings, new, "promote")

@@ -233,6 +233,26 @@ class Registry:
             self.promote(version)
         return version
 
+    def import_version(
+        self,
+        source: Registry,
+        version: str,
+        *,
+        manifest_update: Mapping[str, Any] | None = None,
+        promote: bool = True,
+        force: bool = False,
+    ) -> str:
+        """Publish ``source``'s ``version`` here as a new version (same files, fresh name and checks).
+
+        For moving a version between registries (staging to production) or
+        re-publishing one; ``publish`` copies the files and re-verifies them.
+        """
+        manifest = {k: v for k, v in source.manifest(version).items()
+                    if k not in ("version", "parent", "created", "sha256", "files")}
+        manifest.update(manifest_update or {})
+        files = {name: source.path(version) / name for name in source.manifest(version)["files"]}
+        return self.publish(files, manifest, promote=promote, force=force)
+
     def _set_pointer(self, version: str, history: list[str], action: str) -> None:
         body = {"version": version, "history": history, "updated": time.time()}
         _write_atomic(self.root / PROMOTED, json.dumps(body, indent=1))

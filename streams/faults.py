@@ -13,8 +13,8 @@ store write of a batch, in ``streams.updater``) and ``after_commit`` (the
 update agent, once the previous batches' offsets were acknowledged and
 committed).  ``INTEREST_TEST_POISON=<person>`` makes the update of that
 person raise every time (a bug that a later deploy fixes).  ``INTEREST_TEST_*`` variables are not settings, so the
-unknown-setting check ignores them; without the variable every call is a
-dictionary lookup and a comparison.
+unknown-setting check ignores them; they are read once at import, so
+without them every call is one comparison.
 """
 
 from __future__ import annotations
@@ -38,9 +38,14 @@ def armed_point() -> tuple[str, int] | None:
     return name, int(nth) if nth else 1
 
 
+# Read once: the worker calls these on its hot path, and a test arms them before the process starts.
+_ARMED = armed_point()
+_POISONED = os.environ.get(POISON_ENV) or None
+
+
 def crash_point(name: str) -> None:
     """SIGKILL this process if ``name`` is the armed point and this is its nth pass."""
-    target = armed_point()
+    target = _ARMED
     if target is None or target[0] != name:
         return
     _passes[name] = _passes.get(name, 0) + 1
@@ -56,8 +61,7 @@ async def commit_then_crash(app: Any, name: str = "after_commit") -> None:
     Faust commits on a 1 s timer; forcing the commit makes "killed right after
     a commit" a deterministic point instead of a race with that timer.
     """
-    target = armed_point()
-    if target is None or target[0] != name:
+    if _ARMED is None or _ARMED[0] != name:
         return
     await app.consumer.commit()
     crash_point(name)
@@ -73,5 +77,5 @@ def fail_if_poisoned(person_id: str) -> None:
     A test arms it, sees the person's records reach the DLQ, then restarts
     the worker without it ("the fix is deployed") and replays the DLQ.
     """
-    if person_id and person_id == os.environ.get(POISON_ENV):
+    if _POISONED is not None and person_id == _POISONED:
         raise InjectedBug(f"injected bug for person {person_id} ({POISON_ENV})")

@@ -158,3 +158,18 @@ def checksum(snapshot: dict[str, Any]) -> str:
         s = snapshot["states"][person]
         h.update(orjson.dumps([s.person_id, [e.event_id for e in s.events], s.write_ts]))
     return h.hexdigest()
+
+
+def self_signed_cert(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed EC certificate for 127.0.0.1/localhost: (cert, key); skips without the openssl CLI."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make test certificates")
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key

@@ -31,10 +31,11 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.adapters import load_adapters
-from streams.kafka_config import ensure_topics, kafka_python_options, worker_topics
+from streams.kafka_config import ensure_topics, worker_topics
 from streams.produce import produce_events
 from streams.settings import Settings
 from streams.synthetic import RawEvent, SyntheticTraffic
+from tests.chaos.support import end_offsets
 from tests.helpers import WorkerProcess, wait_until
 from tests.oracle import expected_profiles
 from tests.store_check import compare, wait_until_caught_up
@@ -209,21 +210,8 @@ class Load(threading.Thread):
 
 
 def broker_messages(settings: Settings) -> int:
-    """Messages on the raw and identity topics, counted by reading them all back.
-
-    Read, not ``end_offsets``: the embedded broker's ListOffsets under-reports the end
-    of a partition written in batches (see ``Monitor``).
-    """
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**kafka_python_options(settings), group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
-    try:
-        consumer.assign([TopicPartition(t, p) for t in [*settings.raw_topics(), settings.identity_topic]
-                         for p in range(settings.topic_partitions)])
-        return sum(1 for _ in consumer)
-    finally:
-        consumer.close()
+    """Messages on the raw and identity topics, counted by reading them all back (see ``end_offsets``)."""
+    return sum(end_offsets(settings, [*settings.raw_topics(), settings.identity_topic]).values())
 
 
 def _sigterm_with_store_locked(

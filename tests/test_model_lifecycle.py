@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +32,6 @@ def second_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(root), train_tiny_model(root, seed=1)
 
 
-def copy_version(src_root: str, version: str, dst: Registry, **publish: Any) -> str:
-    """Publish ``version``'s files from another registry into ``dst`` (not promoted unless asked)."""
-    src = Registry(src_root)
-    manifest = {k: v for k, v in src.manifest(version).items()
-                if k not in ("version", "parent", "created", "sha256", "files")}
-    staging = dst.root.parent / f"src-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    files = {}
-    for name in src.manifest(version)["files"]:
-        files[name] = staging / name
-        shutil.copyfile(src.path(version) / name, files[name])
-    return dst.publish(files, manifest, **{"promote": False, "force": True, **publish})
-
-
 @pytest.fixture
 def registry_with_two(tmp_path: Path, model_registry: tuple[str, str],
                       second_model: tuple[str, str]) -> tuple[Registry, str, str]:
@@ -54,7 +39,7 @@ def registry_with_two(tmp_path: Path, model_registry: tuple[str, str],
     root, v1 = model_registry
     shutil.copytree(root, tmp_path / "registry")
     registry = Registry(tmp_path / "registry")
-    v2 = copy_version(*second_model, registry)
+    v2 = registry.import_version(Registry(second_model[0]), second_model[1], promote=False, force=True)
     assert registry.promoted() == v1 and v2 != v1
     return registry, v1, v2
 

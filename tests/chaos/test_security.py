@@ -26,18 +26,10 @@ from streams.settings import Settings
 from tests.chaos.support import interest, report, synthetic, wait_for_oracle
 from tests.cqlserver import CqlServer
 from tests.cqlserver.fixtures import unique_keyspace
-from tests.helpers import WorkerProcess
+from tests.helpers import WorkerProcess, self_signed_cert
 
 PASSWORD = "Sup3r-s3cret-cql-pw"  # distinctive, so a leak is found by a plain substring search
 USER = "interest"
-
-
-def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +38,8 @@ def secure_cql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CqlSe
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make test certificates")
     directory = tmp_path_factory.mktemp("tls")
-    cert, key = _self_signed(directory, "cassandra")
-    other, _ = _self_signed(directory, "untrusted")
+    cert, key = self_signed_cert(directory, "cassandra")
+    other, _ = self_signed_cert(directory, "untrusted")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     server = CqlServer(nodes=1, users={USER: PASSWORD}, ssl_context=context).start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,19 +24,7 @@ def _files(reg: Registry, version: str) -> dict[str, Path]:
 
 def _republish(reg: Registry, version: str, **kwargs: Any) -> str:
     """Publish a copy of an existing version's files (same model, new version)."""
-    manifest = {
-        k: v
-        for k, v in reg.manifest(version).items()
-        if k not in ("version", "parent", "created", "sha256", "files")
-    }
-    manifest.update(kwargs.pop("manifest_update", {}))
-    with_tmp = reg.root.parent / f"src-{uuid.uuid4().hex[:8]}"
-    with_tmp.mkdir()
-    files = {}
-    for name, src in _files(reg, version).items():
-        files[name] = with_tmp / name
-        shutil.copyfile(src, files[name])
-    return reg.publish(files, manifest, **kwargs)
+    return reg.import_version(reg, version, **kwargs)
 
 
 def test_published_version_is_complete_and_verifies(published: tuple[Path, Any]) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from streams.stores.cassandra import CassandraStore
 from streams.stores.factory import open_store
 from tests.cqlserver import CqlServer
 from tests.cqlserver.fixtures import CQL_PASSWORD, CQL_USER
+from tests.helpers import self_signed_cert
 
 from .conftest import DIM, StoreEnv, fake_settings, make_settings, running_store, unique_keyspace
 from .records import profile, state
@@ -186,42 +185,11 @@ def test_protocol_version_is_negotiated_when_not_pinned(cql_server: CqlServer) -
 
 
 # -- TLS ------------------------------------------------------------------------
-def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CqlServer, Path, Path]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
     directory = tmp_path_factory.mktemp("tls")
-    cert, key = _self_signed(directory, "server")
-    other, _ = _self_signed(directory, "other")
+    cert, key = self_signed_cert(directory, "server")
+    other, _ = self_signed_cert(directory, "other")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     server = CqlServer(nodes=1, ssl_context=context).start()
