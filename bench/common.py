@@ -34,9 +34,9 @@ from typing import Any
 
 import orjson
 
-from streams.embedded import EmbeddedBroker, free_port
-from streams.settings import Settings
-from streams.synthetic import RawEvent, SyntheticTraffic
+from interest.embedded import EmbeddedBroker, free_port
+from interest.synthetic import RawEvent, SyntheticTraffic
+from schemas.settings import Settings
 
 BENCH_DIR = Path("data/bench")
 Event = RawEvent | tuple[str, dict[str, Any]]
@@ -245,8 +245,8 @@ def produce(settings: Settings, events: list[Event], envelope: int = 1) -> dict[
     """
     from kafka.partitioner.default import murmur2
 
+    from interest.produce import make_producer, raw_topic_map
     from streams.kafka_config import ensure_topics, worker_topics
-    from streams.produce import make_producer, raw_topic_map
 
     started = time.perf_counter()
     ensure_topics(settings, worker_topics(settings))

@@ -47,7 +47,7 @@ from bench.common import (
     target,
 )
 from bench.runs import Proc
-from streams.settings import Settings
+from schemas.settings import Settings
 
 TARGET_RATE, TARGET_P99_MS = 2000, 500.0
 
@@ -150,8 +150,8 @@ class Tracker:
 def produce_at(settings: Settings, tracker: Tracker, traffic: Any, rate: float, seconds: float,
                phase: str) -> dict[str, Any]:
     """Send single-event messages at ``rate`` for ``seconds``; event time = produce time."""
-    from streams.produce import make_producer, raw_topic_map
-    from streams.synthetic import RawEvent
+    from interest.produce import make_producer, raw_topic_map
+    from interest.synthetic import RawEvent
 
     topic_of = raw_topic_map(settings)
     producer = make_producer(settings, linger_ms=1, client_id="bench-freshness")
@@ -288,9 +288,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "users": args.users, "seconds_per_rate": args.seconds, "poll_ms": args.poll_ms,
                               "quick": args.quick, "message": "one event per message"}
     report["model_version"] = ensure_model(registry, args.quick)
+    from interest.synthetic import SyntheticTraffic
     from schemas.adapters import load_adapters
     from streams.kafka_config import ensure_topics, worker_topics
-    from streams.synthetic import SyntheticTraffic
 
     traffic = SyntheticTraffic(load_adapters(), users=args.users, items=args.items, seed=args.seed,
                                anonymous_share=0.0)

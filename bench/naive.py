@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.settings import Settings
+from schemas.settings import Settings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS naive_profiles (
@@ -69,7 +69,7 @@ def run_naive(settings: Settings, version: str, db_path: Path, max_events: int, 
     from streams.kafka_config import kafka_python_options
     from streams.routing import topic_platform_action
     from streams.state import merge_events
-    from streams.stores.sqlite import pack_events, unpack_events, vector_bytes
+    from streams.stores.codec import pack_events, unpack_events, vector_bytes
 
     model = load_torch_model(settings.registry, version)
     spec = model.spec

@@ -20,9 +20,9 @@ from typing import Any
 import faust
 import orjson
 
+from schemas.settings import Settings, load_settings
 from streams import faust_tuning
 from streams.kafka_config import ensure_topics, worker_topics
-from streams.settings import Settings, load_settings
 
 log = logging.getLogger("bench.passthrough")
 

@@ -5,7 +5,7 @@
                             [--person-partitions 8] [--out-dir data/bench/rolling]
 
 Starts the embedded broker, trains a small model, and runs the harness of
-``tests/rolling_harness.py`` (the one ``tests/test_rolling_redeploy.py`` runs
+``testkit/rolling.py`` (the one ``tests/integration/test_rolling_redeploy.py`` runs
 in CI at a small scale) with the given workers, rate and replacement plan.
 Prints one JSON object: produced/stored counts, people matched/lost/
 mismatched, duplicates redelivered vs applied, and for each replacement its
@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from interest.synthetic import RawEvent, SyntheticTraffic
 from schemas.adapters import load_adapters
-from streams.settings import Settings
-from streams.synthetic import RawEvent, SyntheticTraffic
-from tests.rolling_harness import RollingConfig, public_report, run_rolling
+from schemas.settings import Settings
+from testkit.rolling import RollingConfig, public_report, run_rolling
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", default="data/bench/rolling")
     args = parser.parse_args(argv)
     cfg = RollingConfig(**{k: getattr(args, k) for k in (*vars(args),) if k in RollingConfig.__dataclass_fields__})
-    from streams.embedded import EmbeddedBroker
+    from interest.embedded import EmbeddedBroker
 
     out = Path(args.out_dir)
     work = out / f"run-{int(time.time())}"

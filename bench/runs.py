@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streams.settings import Settings
+from schemas.settings import Settings
 
 
 class Proc:
@@ -35,7 +35,7 @@ class Proc:
     @classmethod
     def worker(cls, settings: Settings, log: Path) -> Proc:
         """The real ``interest worker`` (same entry point as the console script)."""
-        return cls(["-m", "streams.cli", "worker"], settings, log)
+        return cls(["-m", "interest.cli", "worker"], settings, log)
 
     def rss_mb(self) -> tuple[float, float]:
         """(current RSS, peak RSS) in MB from /proc; (0, 0) once the process is gone."""

@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     registry = directory / "registry"  # a private copy: promoting here must not touch the shared bench model
     shutil.rmtree(registry, ignore_errors=True)
     shutil.copytree(source, registry)
+    from interest.synthetic import SyntheticTraffic
     from model.registry import Registry
     from schemas.adapters import load_adapters
     from streams.kafka_config import ensure_topics, worker_topics
     from streams.model_watch import announce
-    from streams.synthetic import SyntheticTraffic
 
     Registry(registry).promote(version)
     traffic = SyntheticTraffic(load_adapters(), users=args.users, items=args.items, seed=7, anonymous_share=0.0)

@@ -47,7 +47,7 @@ from bench.common import (
     target,
 )
 from bench.runs import Offsets, Proc, Stalled, wait_committed
-from streams.settings import Settings
+from schemas.settings import Settings
 
 TARGETS = {"worker_vs_passthrough": 0.6, "worker_vs_naive": 5.0, "envelope_vs_single": 3.0}
 

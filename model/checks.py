@@ -16,21 +16,15 @@ from typing import Any
 import numpy as np
 
 from model.features import FeatureSpec
+from model.manifest import MANIFEST, ModelRejected, cpu_session, sha256_file
 
 
 def _reject(reason: str) -> Exception:
-    from model.registry import ModelRejected
-
     return ModelRejected(reason)
 
 
-def cpu_session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+def _session(path: Path) -> Any:
+    return cpu_session(path, threads=1)
 
 
 def _finite_output(values: np.ndarray, dim: int, rows: int, what: str) -> None:
@@ -42,8 +36,6 @@ def _finite_output(values: np.ndarray, dim: int, rows: int, what: str) -> None:
 
 def check_version_dir(directory: Path) -> dict[str, Any]:
     """Checksums, shapes, finiteness and reference parity of one version directory."""
-    from model.registry import MANIFEST, sha256_file
-
     name = directory.name
     path = directory / MANIFEST
     if not path.is_file():
@@ -72,8 +64,8 @@ def check_version_dir(directory: Path) -> dict[str, Any]:
     tol = float(ref.get("tolerance", 1e-4))
 
     try:
-        sess = cpu_session(directory / "model.onnx")
-        item_sess = cpu_session(directory / "item_model.onnx")
+        sess = _session(directory / "model.onnx")
+        item_sess = _session(directory / "item_model.onnx")
     except Exception as exc:  # onnxruntime raises several unrelated types
         raise _reject(f"version {name}: onnxruntime cannot load the model: {exc}") from exc
     names = [i.name for i in sess.get_inputs()]
@@ -111,7 +103,7 @@ def check_version_dir(directory: Path) -> dict[str, Any]:
             raise _reject(f"version {name}: item index contains NaN or Inf")
     if "model_fp16.onnx" in files:
         try:
-            half = cpu_session(directory / "model_fp16.onnx").run(None, inputs)[0]
+            half = _session(directory / "model_fp16.onnx").run(None, inputs)[0]
         except Exception as exc:
             raise _reject(f"version {name}: model_fp16.onnx does not run: {exc}") from exc
         _finite_output(half, dim, rows, f"version {name} model_fp16.onnx")

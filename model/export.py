@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from model.encoder import InterestEncoder
 from model.features import FeatureSpec, featurize, item_inputs
+from model.manifest import cpu_session
 from schemas.sequence import SeqEvent
 
 OPSET = 18
@@ -90,12 +90,6 @@ def _export(
     out_dims[1].dim_value = dim
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
-
-
-def cpu_session(path: str | Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def random_sequences(spec: FeatureSpec, count: int, seed: int) -> list[list[SeqEvent]]:

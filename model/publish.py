@@ -33,7 +33,7 @@ from model.features import FeatureSpec, featurize
 from model.plots import plot_training
 from model.registry import ModelRejected, Registry
 from model.runtime import EncoderRuntime
-from model.trainer import Trained, item_vectors
+from model.trained import Trained, item_vectors
 
 REFERENCE_ROWS = 8
 REFERENCE_LEN = 16
@@ -63,8 +63,9 @@ def load_weights(registry: Registry, version: str) -> tuple[FeatureSpec, Encoder
 
 def _reference(stage: Path, spec: FeatureSpec, sequences: list[Any], item_ids: list[str]) -> dict[str, Any]:
     """Small frozen inputs and the exported graph's outputs, for verify()'s parity check."""
-    from model.export import ITEM_OUTPUT, OUTPUT, cpu_session, random_sequences
+    from model.export import ITEM_OUTPUT, OUTPUT, random_sequences
     from model.features import item_inputs
+    from model.manifest import cpu_session
 
     seqs = (sequences[:REFERENCE_ROWS] or []) + random_sequences(spec, 2, seed=5)
     feats = featurize(seqs, spec, max_len=min(REFERENCE_LEN, spec.max_len))

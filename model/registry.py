@@ -24,7 +24,6 @@ refused with a :class:`ModelRejected` naming the reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -37,26 +36,11 @@ from typing import Any
 
 import numpy as np
 
-MANIFEST = "manifest.json"
+from model.manifest import MANIFEST, ModelRejected, sha256_file
+
 PROMOTED = "PROMOTED"
 STAGING_PREFIX = ".staging-"
 GATE_METRIC = "ndcg@10"
-
-
-class ModelRejected(Exception):
-    """A version failed a check; ``reason`` says which and why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:

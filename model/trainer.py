@@ -38,9 +38,10 @@ import torch
 from model.data import Sequences, Split
 from model.encoder import EncoderConfig, InterestEncoder
 from model.evaluate import EvalSet, build_eval_set, catalogue_of, vector_metrics
-from model.features import FeatureSpec, featurize, hash_items
+from model.features import FeatureSpec, hash_items
 from model.objective import Ema, TrainWindows, cooccurrence_vectors, drop_items, init_item_tables
 from model.objective import loss as loss_fn
+from model.trained import EpochLog, Trained, item_vectors, person_vectors
 
 DEFAULT_ACTION_WEIGHTS = {"browse": 1.0, "click": 2.0, "purchase": 4.0}
 
@@ -96,59 +97,12 @@ class TrainConfig:
     progress: bool = True
 
 
-@dataclass
-class EpochLog:
-    epoch: int
-    loss: float
-    valid: dict[str, float]
-    seconds: float
-
-
-@dataclass
-class Trained:
-    """A trained PyTorch model plus what the run learned about itself."""
-
-    model: InterestEncoder
-    spec: FeatureSpec
-    enc_cfg: EncoderConfig
-    history: list[EpochLog]
-    best_epoch: int
-    best_valid: dict[str, float]
-    seconds: float
-    stopped: str
-
-
 def setup_determinism(seed: int, threads: int | None) -> None:
     """Seed every RNG and pin the thread count so a CPU run repeats bit for bit."""
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
-
-
-def person_vectors(
-    model: InterestEncoder, sequences: list, spec: FeatureSpec, batch: int = 256
-) -> np.ndarray:
-    """Person vectors from the PyTorch model (eval mode), featurised like the runtime."""
-    model.eval()
-    order = np.argsort([min(len(s), spec.max_len) for s in sequences], kind="stable")
-    out = np.zeros((len(sequences), model.cfg.dim), dtype=np.float32)
-    with torch.no_grad():
-        for start in range(0, len(order), batch):
-            rows = order[start : start + batch]
-            feats = featurize([sequences[i] for i in rows], spec)
-            vecs = model(*(torch.from_numpy(feats[n]) for n in spec.input_names()))
-            out[rows] = vecs.numpy()
-    return out
-
-
-def item_vectors(model: InterestEncoder, item_ids: list[str], spec: FeatureSpec) -> np.ndarray:
-    """Unit item vectors from the PyTorch model for any item ids."""
-    model.eval()
-    hashed = torch.from_numpy(hash_items(item_ids, spec))
-    with torch.no_grad():
-        vecs = model.item_vectors(*(hashed[:, k] for k in range(spec.n_hashes)))
-    return vecs.numpy()
 
 
 def validate(

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.adapters import load_adapters
 from schemas.events import Rejected
 from schemas.normalize import Normalizer, decode_link
+from schemas.settings import Settings
 from streams import faults, faust_tuning, metrics
 from streams.dlq import dlq_headers
 from streams.model_holder import ModelHolder
@@ -40,7 +41,6 @@ from streams.routing import (
     person_partition,
     topic_platform_action,
 )
-from streams.settings import Settings
 from streams.stores.base import StoreUnavailable
 from streams.stores.factory import open_store
 from streams.updater import BatchReport, ProfileUpdater, Record

@@ -17,7 +17,7 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams.settings import Settings
+from schemas.settings import Settings
 
 _original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 

@@ -10,7 +10,7 @@ import contextlib
 import ssl
 from typing import Any
 
-from streams.settings import KafkaSecurity, Settings
+from schemas.settings import KafkaSecurity, Settings
 
 
 class KafkaConfigError(ValueError):

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from schemas.settings import Settings
 from streams import metrics
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 REFUSAL_TTL_S = 600.0

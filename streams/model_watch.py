@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
+from schemas.settings import Settings
 from streams.kafka_config import kafka_python_options
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from streams.embedded import EmbeddedBroker
-from streams.settings import Settings
+from interest.embedded import EmbeddedBroker
+from schemas.settings import Settings
+from testkit.models import train_tiny_model
 
-pytest_plugins = ["tests.cqlserver.fixtures"]
+pytest_plugins = ["testkit.cqlserver.fixtures"]
 
 for _key in [k for k in os.environ if k.startswith("INTEREST_") and not k.startswith("INTEREST_TEST_")]:
     del os.environ[_key]
@@ -60,29 +61,6 @@ def make_settings(tmp_path: Path, broker: EmbeddedBroker) -> Callable[..., Setti
         return Settings(**base)
 
     return build
-
-
-def train_tiny_model(root: Path, seed: int = 0) -> str:
-    """Train a small model on synthetic history and publish it to ``root``; returns the version."""
-    import time as _time
-
-    from model.trainer import TrainConfig, train
-    from schemas.adapters import load_adapters
-    from streams.synthetic import RawEvent, SyntheticTraffic
-
-    traffic = SyntheticTraffic(load_adapters(), users=150, items=300, seed=5 + seed)
-    start = int(_time.time() * 1000) - 10 * 86_400_000
-    rows = []
-    for e in traffic.events(3000, start, step_ms=60_000):
-        if isinstance(e, RawEvent):
-            adapter = load_adapters()[e.topic.split(".")[1]]
-            item: Any = e.value
-            for key in adapter.item_field:
-                item = item[key]
-            rows.append({"user_id": e.person_id, "item_id": str(item), "timestamp": e.ts_ms,
-                         "platform": e.topic.split(".")[1], "action": e.topic.split(".")[2]})
-    cfg = TrainConfig(epochs=2, max_len=50, width=32, dim=64, layers=1, heads=2, seed=seed, progress=False)
-    return str(train(rows, root, cfg, time_unit="ms", force=True).version)
 
 
 @pytest.fixture(scope="session")

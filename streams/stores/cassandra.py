@@ -2,8 +2,8 @@
 
 Why it is built this way:
 
-* Prepared statements only (all in ``schemas/cql/queries.cql``), token-aware
-  over DC-aware routing, ``LOCAL_QUORUM`` by default (``factory.build_cluster``).
+* Prepared statements only (all in ``cql/queries.cql``), token-aware
+  over DC-aware routing, ``LOCAL_QUORUM`` by default (``cassandra_config.build_cluster``).
 * Every write and delete carries ``USING TIMESTAMP`` = the row's data-derived
   ``write_ts``: Cassandra's own last-write-wins makes replays harmless and
   keeps an older event from overwriting newer state, with no read-before-write.
@@ -37,8 +37,8 @@ from cassandra.query import PreparedStatement
 
 from schemas.sequence import ErasureMarker, PersonState, Profile
 from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
-from streams.stores.factory import CassandraConfig, build_cluster, load_queries, render_cql
-from streams.stores.sqlite import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes
+from streams.stores.cassandra_config import CassandraConfig, build_cluster, load_queries, render_cql
+from streams.stores.codec import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes
 
 _TRANSIENT = (
     cassandra.RequestExecutionException,

@@ -31,15 +31,17 @@ from contextlib import contextmanager
 from functools import partial
 from operator import attrgetter
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
 
-from schemas.sequence import ErasureMarker, PersonState, Profile, SeqEvent
+from schemas.sequence import ErasureMarker, PersonState, Profile
+from schemas.settings import Settings
 from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
+from streams.stores.codec import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes, vector_from_bytes
 
 T = TypeVar("T")
-INIT_HINT = "run `interest store init`"
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
 
 SCHEMA = """
@@ -117,41 +119,6 @@ _SQL = {
 _UPSERT_ERASURE = """
 INSERT INTO erasures (person_id, erased_ms, expires_ms) VALUES (?, ?, ?) ON CONFLICT (person_id)
 DO UPDATE SET erased_ms = max(erased_ms, excluded.erased_ms), expires_ms = excluded.expires_ms"""
-
-
-# -- record encoding shared by the backends ----------------------------------
-def pack_events(events: Sequence[SeqEvent]) -> bytes:
-    """A sequence as compact JSON rows: ``[[event_id, ts_ms, item_id, action, platform, weight], ...]``."""
-    return orjson.dumps([[e.event_id, e.ts_ms, e.item_id, e.action, e.platform, e.weight] for e in events])
-
-
-def unpack_events(raw: bytes) -> list[SeqEvent]:
-    return [SeqEvent(r[0], r[1], r[2], r[3], r[4], float(r[5])) for r in orjson.loads(raw)]
-
-
-def vector_bytes(vector: np.ndarray) -> bytes:
-    """Little-endian float32, the on-disk form of a vector (SQLite and the Cassandra blob fallback)."""
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def vector_from_bytes(raw: bytes) -> np.ndarray:
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
-
-
-def top_k(
-    ids: Sequence[str], matrix: np.ndarray, query: np.ndarray, k: int, exclude: Sequence[str] = ()
-) -> list[tuple[str, float]]:
-    """Top-k rows of ``matrix`` by dot product with ``query`` (ties broken by id), skipping ``exclude``."""
-    if k <= 0 or not len(ids):
-        return []
-    scores = matrix @ np.asarray(query, dtype=np.float32).reshape(-1)
-    skip = set(exclude)
-    want = min(len(ids), k + len(skip))
-    best = np.argpartition(-scores, want - 1)[:want] if want < len(ids) else np.arange(len(ids))
-    ranked = sorted(
-        ((ids[i], float(scores[i])) for i in best if ids[i] not in skip), key=lambda p: (-p[1], p[0])
-    )
-    return ranked[:k]
 
 
 def _state_from_row(row: Sequence[Any]) -> PersonState:
@@ -405,3 +372,20 @@ def _forget(conn: sqlite3.Connection, person_id: str, erased_ms: int, expires_ms
         conn.execute(_TOMBSTONE_PERSON, (person_id, ts))
         conn.execute(_UPSERT_ERASURE, (person_id, erased_ms, expires_ms))
     return ForgetReceipt(person_id, erased_ms, profiles.rowcount, sequence.rowcount > 0, len(anon_ids))
+
+
+_SQLITE_OPTIONS: dict[str, Any] = {"busy_timeout_ms": int, "synchronous": str}
+
+
+def sqlite_target(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """Path and options of ``sqlite:///relative/path.db?busy_timeout_ms=..`` (``sqlite:////abs/path``)."""
+    raw = settings.sqlite_path()
+    path, _, query = raw.partition("?")
+    if not path:
+        raise StoreError("sqlite store_url needs a path: sqlite:///data/profiles.db")
+    options: dict[str, Any] = {}
+    for key, values in parse_qs(query).items():
+        if key not in _SQLITE_OPTIONS:
+            raise StoreError(f"unknown sqlite store_url option {key!r}; known: {', '.join(_SQLITE_OPTIONS)}")
+        options[key] = _SQLITE_OPTIONS[key](values[-1])
+    return path, options

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from streams.settings import Settings
-from tests.chaos.support import SEQ_LEN
+from schemas.settings import Settings
+from testkit.chaos import SEQ_LEN
 
 
 @pytest.fixture

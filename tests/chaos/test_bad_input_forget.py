@@ -20,15 +20,15 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
+from interest.produce import produce_events, raw_topic_map
+from interest.synthetic import RawEvent
 from schemas.sequence import PersonState, Profile
+from schemas.settings import Settings
 from streams.kafka_config import ensure_topics, kafka_python_options, worker_topics
-from streams.produce import produce_events, raw_topic_map
-from streams.settings import Settings
 from streams.stores.base import StoreBatch
 from streams.stores.factory import open_store
-from streams.synthetic import RawEvent
-from tests.chaos.support import dlq, interest, raw_events, report, stored_counts, synthetic, wait_for_oracle
-from tests.helpers import WorkerProcess, metric_value, wait_until
+from testkit.chaos import dlq, interest, raw_events, report, stored_counts, synthetic, wait_for_oracle
+from testkit.helpers import WorkerProcess, metric_value, wait_until
 
 NOW = int(time.time() * 1000)
 
@@ -181,6 +181,6 @@ def test_forget_erases_everywhere_and_a_late_event_does_not_resurrect(
 
 
 def synthetic_oracle(produced: list[Any]) -> Any:
-    from tests.oracle import expected_profiles
+    from testkit.oracle import expected_profiles
 
     return expected_profiles(produced)

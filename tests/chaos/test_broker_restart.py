@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.embedded import EmbeddedBroker
-from streams.produce import produce_events
-from streams.settings import Settings
-from tests.chaos.support import report, stored_counts, synthetic
-from tests.helpers import WorkerProcess, scan, wait_until
-from tests.oracle import Expected
+from interest.embedded import EmbeddedBroker
+from interest.produce import produce_events
+from schemas.settings import Settings
+from testkit.chaos import report, stored_counts, synthetic
+from testkit.helpers import WorkerProcess, scan, wait_until
+from testkit.oracle import Expected
 
 
 def test_worker_survives_a_broker_restart(

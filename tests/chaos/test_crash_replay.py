@@ -15,22 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from streams.produce import produce_events
-from streams.settings import Settings
-from tests.chaos.support import (
+from interest.produce import produce_events
+from schemas.settings import Settings
+from testkit.chaos import (
+    SOAK,
     committed,
     report,
     reset_group_to_earliest,
-    soak,
     stored_counts,
     synthetic,
     wait_for_oracle,
     worker_input_topics,
 )
-from tests.helpers import WorkerProcess, checksum, metric_value, scan, wait_until
+from testkit.helpers import WorkerProcess, checksum, metric_value, scan, wait_until
 
 CRASH_POINTS = ["before_write", "after_write", "after_commit"]
 FAST = [pytest.param(point, 3, 1200, id=point) for point in CRASH_POINTS]
+soak = [pytest.mark.soak, pytest.mark.skipif(not SOAK, reason="soak variant: set INTEREST_TEST_SOAK=1")]
 SOAK_RUNS = [pytest.param(point, 25, 12_000, id=f"soak-{point}", marks=soak) for point in CRASH_POINTS]
 
 
@@ -100,6 +101,6 @@ def test_replay_from_earliest_offsets_changes_no_row(
 
 
 def committed_lag(settings: Settings) -> list[int]:
-    from tests.chaos.support import group_lag
+    from testkit.chaos import group_lag
 
     return [lag for lag in group_lag(settings, worker_input_topics(settings)).values() if lag]

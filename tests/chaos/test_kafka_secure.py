@@ -7,7 +7,7 @@ it at start-up with a message naming the setting to fix (instead of
 retrying in silence); and no secret shows in its logs or ``interest config``.
 
 Tansu cannot serve TLS or SCRAM, so a dedicated Tansu sits behind the
-test-only ``tests.kafka_secure_proxy``: the clients (kafka-python in the
+test-only ``testkit.kafka_proxy``: the clients (kafka-python in the
 producer, aiokafka inside Faust) run their real TLS verification and real
 SCRAM code against it, and the proxy counts every connection it authenticated.
 """
@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from streams.embedded import EmbeddedBroker, free_port
-from streams.produce import produce_events
-from streams.settings import Settings
-from tests.chaos.support import interest, report, synthetic, wait_for_oracle
-from tests.helpers import WorkerProcess
-from tests.kafka_secure_proxy import SecureKafkaProxy
+from interest.embedded import EmbeddedBroker, free_port
+from interest.produce import produce_events
+from schemas.settings import Settings
+from testkit.chaos import interest, report, synthetic, wait_for_oracle
+from testkit.helpers import WorkerProcess
+from testkit.kafka_proxy import SecureKafkaProxy
 
 USER = "interest-sasl"
 PASSWORD = "Kafka-Scr4m-s3cret-pw"  # distinctive, so a leak is found by a plain substring search

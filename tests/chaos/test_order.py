@@ -19,15 +19,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from interest.produce import produce_events
+from interest.synthetic import RawEvent
 from schemas.sequence import PersonState
-from streams.produce import produce_events
-from streams.settings import Settings
+from schemas.settings import Settings
 from streams.stores.base import StoreBatch
 from streams.stores.sqlite import SqliteStore
-from streams.synthetic import RawEvent
 from streams.updater import ProfileUpdater
-from tests.chaos.support import SOAK, report, synthetic, wait_for_oracle
-from tests.helpers import WorkerProcess
+from testkit.chaos import SOAK, report, synthetic, wait_for_oracle
+from testkit.helpers import WorkerProcess
 
 PLATFORMS = ["web", "app", "mini", "tv"]
 EVENTS = [
@@ -103,6 +103,6 @@ def test_backwards_across_platforms_and_partitions_end_to_end(
 
 
 def synthetic_oracle(produced: list[Any]) -> Any:
-    from tests.oracle import expected_profiles
+    from testkit.oracle import expected_profiles
 
     return expected_profiles(produced)

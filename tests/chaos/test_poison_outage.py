@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer, TopicPartition
 
+from interest.produce import produce_events
+from schemas.settings import Settings
 from streams.kafka_config import ensure_topics, kafka_python_options, worker_topics
-from streams.produce import produce_events
 from streams.routing import decode_envelope, encode_envelope, person_partition
-from streams.settings import Settings
-from tests.chaos.support import (
+from testkit.chaos import (
     committed,
     dlq,
     group_lag,
@@ -34,7 +34,7 @@ from tests.chaos.support import (
     synthetic,
     wait_for_oracle,
 )
-from tests.helpers import WorkerProcess, metric_value, run_cli, wait_until
+from testkit.helpers import WorkerProcess, metric_value, run_cli, wait_until
 
 POISON_PERSON = "poison-1"
 
@@ -116,7 +116,7 @@ def test_store_outage_stops_commits_and_catches_up(
     overrides: dict[str, Any] = {}
     faults = None
     if backend == "cassandra":
-        from tests.cqlserver.fixtures import CQL_PASSWORD, CQL_USER, unique_keyspace
+        from testkit.cqlserver.fixtures import CQL_PASSWORD, CQL_USER, unique_keyspace
 
         server = request.getfixturevalue("cql_server")
         faults = request.getfixturevalue("cql_faults")
@@ -131,7 +131,7 @@ def test_store_outage_stops_commits_and_catches_up(
     second = synthetic(users=30, events=300, seed=48, start_ms=int(time.time() * 1000) - 1_800_000)
     oracle = synthetic(0, 0, 0)
     oracle.produced = first.produced + second.produced
-    from tests.oracle import expected_profiles
+    from testkit.oracle import expected_profiles
 
     oracle.oracle = expected_profiles(oracle.produced)
     person_topic = [settings.person_topic]

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from streams.produce import produce_events
-from streams.settings import Settings
-from tests.chaos.support import interest, report, synthetic, wait_for_oracle
-from tests.cqlserver import CqlServer
-from tests.cqlserver.fixtures import unique_keyspace
-from tests.helpers import WorkerProcess, self_signed_cert
+from interest.produce import produce_events
+from schemas.settings import Settings
+from testkit.chaos import interest, report, synthetic, wait_for_oracle
+from testkit.cqlserver import CqlServer
+from testkit.cqlserver.fixtures import unique_keyspace
+from testkit.helpers import WorkerProcess, self_signed_cert
 
 PASSWORD = "Sup3r-s3cret-cql-pw"  # distinctive, so a leak is found by a plain substring search
 USER = "interest"

@@ -89,7 +89,7 @@ def test_invocations_were_found() -> None:
 @pytest.fixture(scope="module")
 def cli() -> Any:
     typer_main = pytest.importorskip("typer.main")
-    from streams.cli import app
+    from interest.cli import app
 
     return typer_main.get_command(app)
 
@@ -129,7 +129,7 @@ def _console_script() -> list[str]:
     """The `interest` entry point the images run (`ENTRYPOINT tini -- interest`)."""
     beside = Path(sys.executable).parent / "interest"
     exe = shutil.which("interest") or (str(beside) if beside.exists() else None)
-    return [exe] if exe else [sys.executable, "-m", "streams.cli"]
+    return [exe] if exe else [sys.executable, "-m", "interest.cli"]
 
 
 def test_the_console_script_lists_every_subcommand_deploy_uses() -> None:

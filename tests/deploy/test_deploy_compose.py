@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.settings import ENV_PREFIX, Settings, load_settings
+from schemas.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -209,7 +209,7 @@ def test_environment_keys_are_settings(name: str, monkeypatch: pytest.MonkeyPatc
     svc = services()[name]
     environment = env(svc)
     unknown = sorted(k for k in environment if k.startswith(ENV_PREFIX) and k not in SETTING_KEYS)
-    assert not unknown, f"{name}: not fields of streams.settings.Settings: {unknown}"
+    assert not unknown, f"{name}: not fields of schemas.settings.Settings: {unknown}"
     for key in list(os.environ):
         if key.startswith(ENV_PREFIX):
             monkeypatch.delenv(key)

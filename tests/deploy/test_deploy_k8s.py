@@ -21,7 +21,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from streams.settings import ENV_PREFIX, Settings, load_settings
+from schemas.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -262,7 +262,7 @@ def test_grace_period_outlasts_prestop_and_a_batch() -> None:
 def test_grace_period_covers_a_failing_batch_with_the_configured_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """The budget after preStop, from the settings the pods really get (ConfigMap over defaults).
 
-    On SIGTERM the worker waits for its batch in flight (tests/test_rolling_redeploy.py
+    On SIGTERM the worker waits for its batch in flight (tests/integration/test_rolling_redeploy.py
     proves it exits only after a stuck store write completed). The longest such batch
     that still ends without a SIGKILL: fill wait, then every attempt of a batch failing
     with a non-transient error timing out against Cassandra, the back-off between the
@@ -393,7 +393,7 @@ def test_images_are_pinned_through_the_kustomization() -> None:
 def test_config_and_secret_keys_are_settings() -> None:
     cfg, secret = config_data(), secret_data()
     unknown = sorted((set(cfg) | set(secret)) - SETTING_KEYS)
-    assert not unknown, f"not fields of streams.settings.Settings: {unknown}"
+    assert not unknown, f"not fields of schemas.settings.Settings: {unknown}"
     assert not set(cfg) & SECRET_KEYS, "secrets belong in the Secret, not the ConfigMap"
     assert set(secret) <= SECRET_KEYS, "only SecretStr settings belong in the Secret"
     assert {"INTEREST_KAFKA_SASL_PASSWORD", "INTEREST_CASSANDRA_PASSWORD"} <= set(secret)

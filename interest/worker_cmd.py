@@ -1,0 +1,145 @@
+"""``interest worker``: run the Faust stream worker with the project's settings."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def redact_secrets_in_logs(secrets: list[str]) -> None:
+    """Mask ``secrets`` in every log message from now on, whoever logs it.
+
+    Why: kafka-python's ``KafkaAdminClient`` logs its whole configuration at
+    DEBUG, SASL password included; a record factory (unlike a handler filter)
+    also covers the handlers Faust installs later.
+    """
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        return
+    base = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler's own error reporting
+            return record
+        if any(s in message for s in secrets):
+            for secret in secrets:
+                message = message.replace(secret, "**********")
+            record.msg, record.args = message, None
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+def run_worker(settings: object) -> None:
+    """Create topics if missing, then run the Faust worker until SIGTERM/SIGINT.
+
+    Faust's worker installs the signal handlers: on SIGTERM it stops the
+    consumer, lets agents finish the batch in flight, commits acknowledged
+    offsets and leaves the group.
+    """
+    import faust
+
+    from schemas.settings import Settings
+    from streams.app import create_app
+    from streams.kafka_config import KafkaConfigError, check_kafka_access, ensure_topics, worker_topics
+
+    assert isinstance(settings, Settings)
+    configure_logging(settings.log_level)
+    redact_secrets_in_logs([v.get_secret_value() for v in (settings.kafka_sasl_password, settings.cassandra_password)
+                            if v is not None])
+    check_store(settings)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        check_kafka_access(settings)
+    except KafkaConfigError as exc:  # wrong credentials or CA: no retry fixes it, say which setting to fix
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    ensure_topics(settings, worker_topics(settings))
+    app, _ = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def check_store(settings: object) -> None:
+    """Open the Cassandra store once before starting: an operator error (bad credentials,
+    untrusted CA, missing schema) exits 2 with its message instead of being retried forever.
+
+    A store that is merely unreachable (``StoreUnavailable``) is left to the
+    worker, which retries it; SQLite needs no check (the worker creates it).
+    """
+    import asyncio
+
+    from schemas.settings import Settings
+    from streams.stores.base import StoreError, StoreUnavailable
+    from streams.stores.factory import open_store
+
+    assert isinstance(settings, Settings)
+    if not settings.store_url.startswith("cassandra:"):
+        return
+
+    async def probe() -> None:
+        store = open_store(settings)
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(probe())
+    except StoreUnavailable:
+        return
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def register(app: typer.Typer) -> None:
+    from interest.common import settings_or_exit
+
+    @app.command()
+    def worker(
+        broker: Annotated[str | None, typer.Option(help="Kafka bootstrap (INTEREST_BROKER_URL)")] = None,
+        store: Annotated[str | None, typer.Option(help="Store URL (INTEREST_STORE_URL)")] = None,
+        registry: Annotated[str | None, typer.Option(help="Model registry (INTEREST_REGISTRY)")] = None,
+        web_port: Annotated[int | None, typer.Option(help="Web port for /metrics /health /ready")] = None,
+    ) -> None:
+        """Run the stream worker: raw topics -> person topic -> vectors -> store."""
+        settings = settings_or_exit(broker_url=broker, store_url=store, registry=registry, web_port=web_port)
+        run_worker(settings)
+
+    register_demo(app)
+
+
+def register_demo(app: typer.Typer) -> None:
+    from interest.common import settings_or_exit
+
+    @app.command()
+    def demo(
+        seconds: Annotated[float, typer.Option(help="How long to produce live traffic")] = 30.0,
+        rate: Annotated[float, typer.Option(help="Events per second")] = 500.0,
+        users: Annotated[int, typer.Option(help="Synthetic people")] = 2000,
+        items: Annotated[int, typer.Option(help="Synthetic items")] = 3000,
+        seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+        data_dir: Annotated[str, typer.Option(help="Where the store, registry and logs go")] = "data/demo",
+    ) -> None:
+        """Run everything on embedded defaults: broker, first model, worker, live traffic, live view."""
+        from interest.demo import run_demo
+
+        settings = settings_or_exit(data_dir=data_dir, store_url=f"sqlite:///{data_dir}/profiles.db",
+                                    registry=f"{data_dir}/registry")
+        run_demo(settings, seconds, rate, users, items, seed)

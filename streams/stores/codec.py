@@ -1,0 +1,50 @@
+"""The row encodings both backends write, so a profile reads the same from either.
+
+Why its own module: each backend imports this and never the other backend, so
+editing SQLite cannot change Cassandra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+
+from schemas.sequence import SeqEvent
+
+INIT_HINT = "run `interest store init`"
+
+
+def pack_events(events: Sequence[SeqEvent]) -> bytes:
+    """A sequence as compact JSON rows: ``[[event_id, ts_ms, item_id, action, platform, weight], ...]``."""
+    return orjson.dumps([[e.event_id, e.ts_ms, e.item_id, e.action, e.platform, e.weight] for e in events])
+
+
+def unpack_events(raw: bytes) -> list[SeqEvent]:
+    return [SeqEvent(r[0], r[1], r[2], r[3], r[4], float(r[5])) for r in orjson.loads(raw)]
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    """Little-endian float32, the on-disk form of a vector (SQLite and the Cassandra blob fallback)."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def vector_from_bytes(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def top_k(
+    ids: Sequence[str], matrix: np.ndarray, query: np.ndarray, k: int, exclude: Sequence[str] = ()
+) -> list[tuple[str, float]]:
+    """Top-k rows of ``matrix`` by dot product with ``query`` (ties broken by id), skipping ``exclude``."""
+    if k <= 0 or not len(ids):
+        return []
+    scores = matrix @ np.asarray(query, dtype=np.float32).reshape(-1)
+    skip = set(exclude)
+    want = min(len(ids), k + len(skip))
+    best = np.argpartition(-scores, want - 1)[:want] if want < len(ids) else np.arange(len(ids))
+    ranked = sorted(
+        ((ids[i], float(scores[i])) for i in best if ids[i] not in skip), key=lambda p: (-p[1], p[0])
+    )
+    return ranked[:k]

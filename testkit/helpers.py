@@ -1,0 +1,175 @@
+"""Test helpers: run `interest worker` as a real process, wait for conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from interest.embedded import free_port
+from schemas.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
+    env.update(settings.to_env())
+    return env
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
+
+
+class WorkerProcess:
+    """``python -m interest.cli worker`` with the given settings, logs to a file."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker", **env_extra: str) -> None:
+        self.port = free_port()
+        self.settings = settings.model_copy(update={"web_port": self.port})
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        self.env = {**settings_env(self.settings), **env_extra}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "interest.cli", "worker"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as resp:
+                body = resp.read()
+                return resp.status, (json.loads(body) if path != "/metrics" else body.decode())
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+        except OSError:
+            return 0, None
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            return self.get("/ready")[0] == 200
+
+        wait_until(ready, timeout, what="worker /ready")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> WorkerProcess:
+        self.start()
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_cli(settings: Settings, *args: str, timeout: float = 300) -> Any:
+    """Run ``interest ARGS`` with ``settings`` in the environment; stdout (or its last line) as JSON."""
+    proc = subprocess.run([sys.executable, "-m", "interest.cli", *args], env=settings_env(settings),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"interest {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    try:
+        return json.loads(proc.stdout)  # one (possibly indented) document
+    except ValueError:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def metric_value(text: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples (all label sets) in a /metrics page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _scan(settings: Settings, version: str) -> dict[str, Any]:
+    from streams.stores.factory import open_store
+
+    store = open_store(settings)
+    await store.open()
+    try:
+        states = []
+        after = None
+        while page := await store.iter_states(after, 500):
+            states.extend(page)
+            after = page[-1].person_id
+        profiles = {}
+        for state in states:
+            row = await store.get_profile(state.person_id, version)
+            if row is not None:
+                profiles[state.person_id] = row
+        return {"states": {s.person_id: s for s in states}, "profiles": profiles}
+    finally:
+        await store.close()
+
+
+def scan(settings: Settings, version: str) -> dict[str, Any]:
+    """Every stored sequence state and its ``version`` profile row: ``{"states": ..., "profiles": ...}``."""
+    import asyncio
+
+    return asyncio.run(_scan(settings, version))
+
+
+def checksum(snapshot: dict[str, Any]) -> str:
+    """A digest of every profile row (vector bytes included) and every sequence in a ``scan``."""
+    import hashlib
+
+    import orjson
+
+    h = hashlib.sha256()
+    for person in sorted(snapshot["profiles"]):
+        p = snapshot["profiles"][person]
+        h.update(orjson.dumps([p.person_id, p.model_version, p.event_count, p.first_ts_ms, p.last_ts_ms,
+                               p.platforms, p.write_ts, p.updated_ms]))
+        h.update(p.vector.tobytes())
+    for person in sorted(snapshot["states"]):
+        s = snapshot["states"][person]
+        h.update(orjson.dumps([s.person_id, [e.event_id for e in s.events], s.write_ts]))
+    return h.hexdigest()
+
+
+def self_signed_cert(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed EC certificate for 127.0.0.1/localhost: (cert, key); skips without the openssl CLI."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make test certificates")
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key

@@ -1,0 +1,104 @@
+"""SQLite specifics: setup errors, lock contention, WAL, erasure expiry, batch speed."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas.settings import Settings
+from streams.stores import sqlite as sqlite_module
+from streams.stores.base import StoreBatch, StoreError, StoreUnavailable
+from streams.stores.factory import open_store
+
+from .conftest import DIM, make_settings, running_store
+from .records import profile, state
+
+
+def settings_for(path: Path, query: str = "") -> Settings:
+    return make_settings(store_url=f"sqlite:///{path}{query}")
+
+
+def test_open_without_init_says_run_init(tmp_path: Path) -> None:
+    with (
+        pytest.raises(StoreError, match="interest store init"),
+        running_store("sqlite", settings_for(tmp_path / "fresh.db"), init=False) as env,
+    ):
+        env.run(env.store.open())
+
+
+def test_relative_paths_and_missing_directories_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with running_store("sqlite", make_settings(store_url="sqlite:///data/sub/profiles.db")) as env:
+        env.run(env.store.write_batch(StoreBatch(states=[state("a", 1)])))
+    assert (tmp_path / "data" / "sub" / "profiles.db").exists()
+
+
+def test_wal_mode_and_reinit_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    with running_store("sqlite", settings_for(path)) as env:
+        env.run(env.store.write_batch(StoreBatch(states=[state("a", 1)])))
+        env.run(env.store.init_schema(DIM))  # again: nothing lost
+        assert env.run(env.store.count_states()) == 1
+        with pytest.raises(StoreError, match="8-dim"):
+            env.run(env.store.init_schema(DIM * 2))
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_busy_database_is_retryable(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    with running_store("sqlite", settings_for(path, "?busy_timeout_ms=50")) as env:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        try:
+            with pytest.raises(StoreUnavailable, match="busy"):
+                env.run(env.store.write_batch(StoreBatch(states=[state("a", 1)])))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        env.run(env.store.write_batch(StoreBatch(states=[state("a", 1)])))
+        assert env.run(env.store.count_states()) == 1
+
+
+def test_wrong_dimension_is_bad_data(tmp_path: Path) -> None:
+    bad = profile("a", "v1", 1, vector=np.ones(DIM + 2, dtype=np.float32))
+    with (
+        running_store("sqlite", settings_for(tmp_path / "d.db")) as env,
+        pytest.raises(ValueError, match="--dim 8"),
+    ):
+        env.run(env.store.write_batch(StoreBatch(profiles=[bad])))
+
+
+def test_erasure_marker_expires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with running_store("sqlite", settings_for(tmp_path / "e.db")) as env:
+        env.run(env.store.forget("carol", 1_000))
+        assert "carol" in env.run(env.store.load_erasures(["carol"]))
+        later = time.time() + 31 * 86_400
+        monkeypatch.setattr(sqlite_module.time, "time", lambda: later)
+        assert env.run(env.store.load_erasures(["carol"])) == {}
+
+
+def test_unknown_url_option_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="busy_timeout"):
+        open_store(settings_for(tmp_path / "x.db", "?busy_timeout=5"))
+
+
+def test_a_worker_sized_batch_is_fast(tmp_path: Path) -> None:
+    """3 000 states + 3 000 profiles (64-dim) in one transaction: the worker's hot path."""
+    ids = [f"p{i}" for i in range(3_000)]
+    vec = np.ones(64, dtype=np.float32) / 8
+    batch = StoreBatch(
+        states=[state(p, 10, n_events=50) for p in ids],
+        profiles=[profile(p, "v1", 10, vector=vec) for p in ids],
+    )
+    with running_store("sqlite", settings_for(tmp_path / "fast.db"), init=False) as env:
+        env.run(env.store.init_schema(64))
+        start = time.perf_counter()
+        env.run(env.store.write_batch(batch))
+        elapsed = time.perf_counter() - start
+        assert env.run(env.store.count_profiles("v1")) == 3_000
+        assert len(env.run(env.store.load_states(ids))) == 3_000
+    assert elapsed < 5.0, f"write_batch of 6 000 rows took {elapsed:.2f}s"
