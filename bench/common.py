@@ -36,6 +36,7 @@ import orjson
 
 from interest.embedded import EmbeddedBroker, free_port
 from interest.synthetic import RawEvent, SyntheticTraffic
+from schemas.sequence import ACTIONS
 from schemas.settings import Settings
 
 BENCH_DIR = Path("data/bench")
@@ -129,7 +130,7 @@ def bench_settings(broker_url: str, directory: Path, name: str, registry: str, *
     base: dict[str, Any] = {
         "broker_url": broker_url,
         "platforms": platforms,
-        "topics": [f"{name}.events.{p}.{a}" for p in platforms for a in ("click", "browse", "purchase")],
+        "topics": [f"{name}.events.{p}.{a}" for p in platforms for a in ACTIONS],
         "identity_topic": f"{name}.identity.links",
         "dlq_topic": f"{name}.interest.dlq",
         "models_topic": f"{name}.interest.models",

@@ -66,8 +66,8 @@ def run_naive(settings: Settings, version: str, db_path: Path, max_events: int, 
     from schemas.adapters import load_adapters
     from schemas.normalize import Normalizer
     from schemas.sequence import PersonState, SeqEvent
+    from schemas.topics import topic_platform_action
     from streams.kafka_config import kafka_python_options
-    from streams.routing import topic_platform_action
     from streams.state import merge_events
     from streams.stores.codec import pack_events, unpack_events, vector_bytes
 

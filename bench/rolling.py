@@ -28,6 +28,7 @@ import numpy as np
 
 from interest.synthetic import RawEvent, SyntheticTraffic
 from schemas.adapters import load_adapters
+from schemas.sequence import ACTIONS
 from schemas.settings import Settings
 from testkit.rolling import RollingConfig, public_report, run_rolling
 
@@ -91,7 +92,7 @@ def bench_settings(broker_url: str, work: Path, **overrides: Any) -> Settings:
     platforms = ["web", "app", "mini", "tv"]
     base: dict[str, Any] = {
         "broker_url": broker_url, "platforms": platforms,
-        "topics": [f"{tid}.events.{p}.{a}" for p in platforms for a in ("click", "browse", "purchase")],
+        "topics": [f"{tid}.events.{p}.{a}" for p in platforms for a in ACTIONS],
         "identity_topic": f"{tid}.identity.links", "dlq_topic": f"{tid}.interest.dlq",
         "models_topic": f"{tid}.interest.models", "person_topic": f"{tid}.interest.by_person",
         "app_id": f"rolling-{tid}", "store_url": f"sqlite:///{work}/profiles.db", "registry": str(work / "registry"),

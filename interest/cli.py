@@ -17,7 +17,7 @@ import orjson
 import typer
 
 from interest import bench_cmd, model_cmd, query_cmd, store_cmd, worker_cmd
-from interest.common import settings_or_exit
+from interest.common import first_line, settings_or_exit, user_error
 
 app = typer.Typer(
     name="interest",
@@ -140,6 +140,9 @@ def produce(
         typer.echo("error: give exactly one of --synthetic or --file F --platform P", err=True)
         raise typer.Exit(2)
     if file is not None:
+        if not file.is_file():
+            typer.echo(f"error: no such file: {file}", err=True)
+            raise typer.Exit(2)
         if not platform:
             typer.echo("error: --file needs --platform", err=True)
             raise typer.Exit(2)
@@ -174,7 +177,29 @@ for _register in (worker_cmd.register, worker_cmd.register_demo, query_cmd.regis
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a user's mistake ends as one ``error:`` line and exit code 2, a bug as a traceback."""
+    # typer ships its own copy of click: take its exception classes from typer's own.
+    click_errors = {c.__name__: c for c in typer.BadParameter.__mro__}
+    usage_error, click_exception = click_errors["UsageError"], click_errors["ClickException"]
+    try:
+        code = app(standalone_mode=False)
+    except usage_error as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        typer.echo(f"error: {first_line(exc)}{hint}", err=True)
+        sys.exit(2)
+    except click_exception as exc:
+        typer.echo(f"error: {first_line(exc)}", err=True)
+        sys.exit(exc.exit_code or 2)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,17 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from interest.produce import make_producer
+from schemas.records import (
+    ForgetRequest,
+    PersonRecord,
+    decode_envelope,
+    encode_envelope,
+    group_by_partition,
+    person_partition,
+)
 from schemas.settings import Settings
 from streams.dlq import headers_dict
 from streams.kafka_config import kafka_python_options
-from streams.routing import decode_envelope, encode_envelope, forget_record, group_by_partition, person_partition
 
 REPLAY_GROUP = "interest-dlq-replay"
 
@@ -25,7 +32,7 @@ def notify_forget(settings: Settings, person_id: str, erased_ms: int) -> bool:
         return False
     try:
         part = person_partition(person_id, settings.person_partitions)
-        fut = producer.send(settings.person_topic, value=encode_envelope([forget_record(person_id, erased_ms)]),
+        fut = producer.send(settings.person_topic, value=encode_envelope([ForgetRequest(person_id, erased_ms)]),
                             partition=part)
         fut.get(timeout=10)
         return True
@@ -62,7 +69,7 @@ def read_dlq(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     return out
 
 
-def _person_groups(settings: Settings, source: str, value: bytes | None) -> dict[int, list[dict[str, Any]]]:
+def _person_groups(settings: Settings, source: str, value: bytes | None) -> dict[int, list[PersonRecord]]:
     """Records of a person-topic DLQ message by their person's partition; empty for other topics or bad bytes."""
     if source != settings.person_topic or not value:
         return {}

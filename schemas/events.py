@@ -126,4 +126,13 @@ class Rejected:
 
 
 def anon_person_id(platform: str, device_id: str) -> str:
+    """The person id of a device no link has claimed yet: ``anon:<platform>:<device id>``."""
     return f"{ANON_PREFIX}{platform}:{device_id}"
+
+
+def parse_anon_id(person_id: str) -> tuple[str, str] | None:
+    """(platform, device id) of an anonymous id, ``None`` for a person's own id; inverse of ``anon_person_id``."""
+    if not person_id.startswith(ANON_PREFIX):
+        return None
+    platform, sep, device = person_id[len(ANON_PREFIX):].partition(":")
+    return (platform, device) if sep else None

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Consumer-group session timeout; the join waits about half of it"
     )
     heartbeat_interval_s: float = Field(1.0, gt=0)
+    kafka_bootstrap_timeout_ms: int = Field(
+        10_000, ge=100, le=600_000,
+        description="How long a tool (producer, admin, DLQ reader) tries to reach the first broker before it gives up",
+    )
     kafka_fetch_max_wait_ms: int = Field(
         50, ge=1, le=30_000,
         description="Longest a fetch waits for data; brokers that do not answer early (Tansu) add this to latency",
@@ -155,7 +159,9 @@ class Settings(BaseSettings):
         """Raw-event topics the worker consumes."""
         if self.topics:
             return list(self.topics)
-        return [f"events.{p}.{a}" for p in self.platforms for a in ("click", "browse", "purchase")]
+        from schemas.topics import raw_topics
+
+        return raw_topics(self.platforms)
 
     def bootstrap_servers(self) -> list[str]:
         """``host:port`` list for kafka-python / aiokafka."""

@@ -38,6 +38,7 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers(),
         "security_protocol": settings.kafka_security_protocol.value,
+        "bootstrap_timeout_ms": settings.kafka_bootstrap_timeout_ms,
     }
     ctx = ssl_context(settings)
     if ctx is not None:

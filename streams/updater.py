@@ -23,22 +23,24 @@ and "replays are harmless" true):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from schemas.events import ANON_PREFIX
+from schemas.events import CanonicalEvent, IdentityLink, parse_anon_id
+from schemas.records import ForgetRequest, PersonRecord, envelopes, person_partition, record_owner
 from schemas.sequence import IdentityLinkRecord, PersonState, Profile, SeqEvent
+from schemas.settings import Settings
 from streams.faults import crash_point, fail_if_poisoned
-from streams.routing import EVENT, FORGET, LINK, record_owner
+from streams.outbox import OutMessage, Send
 from streams.state import MergeOutcome, copy_state, merge_events
 from streams.stores.base import ProfileStore, StoreBatch
 
-Record = dict[str, Any]
-Forward = Callable[[list[Record]], Awaitable[None]]
+ByPerson = dict[str, list[PersonRecord]]
 
 
 class Encoder(Protocol):
@@ -66,19 +68,21 @@ class BatchReport:
     written: list[str] = field(default_factory=list)
 
 
-def _seq_event(record: Record) -> SeqEvent:
-    return SeqEvent(
-        str(record["event_id"]), int(record["ts_ms"]), str(record["item_id"]), str(record["action"]),
-        str(record["platform"]), float(record.get("weight", 1.0)),
-    )
+@dataclass(slots=True)
+class _Work:
+    """One batch on its way through ``process``: what each step hands the next."""
+
+    by_person: ByPerson
+    report: BatchReport
+    batch: StoreBatch = field(default_factory=StoreBatch)
+    new_links: dict[str, str] = field(default_factory=dict)
+    changed: list[PersonState] = field(default_factory=list)
+    erased: dict[str, int] = field(default_factory=dict)
 
 
-def _forwarded_event(event: SeqEvent, person_id: str, platform_user_id: str) -> Record:
-    return {
-        "k": EVENT, "event_id": event.event_id, "person_id": person_id, "platform": event.platform,
-        "platform_user_id": platform_user_id, "action": event.action, "item_id": event.item_id,
-        "ts_ms": event.ts_ms, "weight": event.weight,
-    }
+def _forwarded_event(event: SeqEvent, person_id: str, platform_user_id: str) -> CanonicalEvent:
+    return CanonicalEvent(event.event_id, person_id, event.platform, platform_user_id, event.action,
+                          event.item_id, event.ts_ms, event.weight)
 
 
 class ProfileUpdater:
@@ -93,18 +97,21 @@ class ProfileUpdater:
         self,
         store: ProfileStore,
         encoder: Callable[[], Encoder | None],
-        forward: Forward,
-        max_len: int,
-        partition_of: Callable[[str], int],
+        send: Send,
+        settings: Settings,
     ) -> None:
         self.store = store
         self.encoder = encoder
-        self.forward = forward
-        self.max_len = max_len
-        self.partition_of = partition_of
+        self.send = send
+        self.max_len = settings.seq_len
+        self.person_topic = settings.person_topic
+        self.partitions = settings.person_partitions
         self.caches: dict[int, dict[str, PersonState]] = {}
         self.links: dict[int, dict[str, str]] = {}
         self.erased: dict[int, dict[str, int]] = {}
+
+    def partition_of(self, person_id: str) -> int:
+        return person_partition(person_id, self.partitions)
 
     def drop_partitions(self, partitions: Sequence[int]) -> None:
         for part in partitions:
@@ -158,99 +165,121 @@ class ProfileUpdater:
                     erased[person] = marker.erased_ms
         return states, erased
 
-    async def process(self, records: Sequence[Record], now_ms: int | None = None) -> BatchReport:
-        """Apply a batch; returns only after the store acknowledged every write."""
-        report = BatchReport(records=len(records))
-        by_person: dict[str, list[Record]] = {}
+    async def process(self, records: Sequence[PersonRecord], now_ms: int | None = None) -> BatchReport:
+        """Apply a batch; returns only after the store acknowledged every write (steps 1-5 above)."""
+        work = _Work(self._group(records), BatchReport(records=len(records)))
+        await self._forward_linked(work)
+        await self._merge(work)
+        await self._encode(work, now_ms)
+        await self._write(work)
+        self._move_caches(work)
+        return work.report
+
+    def _group(self, records: Sequence[PersonRecord]) -> ByPerson:
+        """Step 1: records by the person whose partition owns them."""
+        by_person: ByPerson = {}
         for record in records:
             by_person.setdefault(record_owner(record), []).append(record)
+        return by_person
 
-        batch = StoreBatch()
-        forwards: list[Record] = []
-        anon = [p for p in by_person if p.startswith(ANON_PREFIX)]
-        linked = await self._resolve(anon) if anon else {}
-        new_links: dict[str, str] = {}
+    async def _forward_linked(self, work: _Work) -> None:
+        """Step 2: records (and a new link's stored history) of linked devices go to the person's partition."""
+        anon = [p for p in work.by_person if parse_anon_id(p) is not None]
+        if not anon:
+            return
+        linked = await self._resolve(anon)
+        forwards: list[CanonicalEvent] = []
         for anon_id in anon:
-            recs = by_person[anon_id]
+            recs = work.by_person[anon_id]
             for rec in recs:
-                if rec["k"] == LINK:
-                    new_links[anon_id] = str(rec["person_id"])
-                    batch.links.append(IdentityLinkRecord(anon_id, str(rec["person_id"]), int(rec["ts_ms"])))
-                    report.links += 1
-            target = new_links.get(anon_id) or linked.get(anon_id)
+                if isinstance(rec, IdentityLink):
+                    work.new_links[anon_id] = rec.person_id
+                    work.batch.links.append(IdentityLinkRecord(anon_id, rec.person_id, rec.ts_ms))
+                    work.report.links += 1
+            target = work.new_links.get(anon_id) or linked.get(anon_id)
             if target is None:
                 continue
-            device = anon_id.split(":", 2)[2]
-            forwards.extend(
-                {**rec, "person_id": target} for rec in recs if rec["k"] == EVENT
-            )
-            del by_person[anon_id]
-            if anon_id in new_links:
+            forwards.extend(dataclasses.replace(r, person_id=target) for r in recs if isinstance(r, CanonicalEvent))
+            del work.by_person[anon_id]
+            if anon_id in work.new_links:
                 # Move the device's stored history to the person, then delete it.
+                device = (parse_anon_id(anon_id) or ("", ""))[1]
                 states, _ = await self._states([anon_id])
                 old = states[anon_id]
                 forwards.extend(_forwarded_event(e, target, device) for e in old.events)
                 if old.write_ts or old.events:
-                    batch.removed_states.append((anon_id, old.write_ts + 1))
+                    work.batch.removed_states.append((anon_id, old.write_ts + 1))
         if forwards:
-            await self.forward(forwards)
-            report.forwarded = len(forwards)
+            await self.send([OutMessage(self.person_topic, env, partition=part)
+                             for part, env in envelopes(forwards, self.partitions)])
+            work.report.forwarded = len(forwards)
 
-        people = list(by_person)
-        states, erased = await self._states(people)
-        changed: list[PersonState] = []
+    async def _merge(self, work: _Work) -> None:
+        """Step 3a: read states (cache, else store) and merge each person's events and erasures."""
+        people = list(work.by_person)
+        states, work.erased = await self._states(people)
+        report = work.report
         for person in people:
             fail_if_poisoned(person)
             state = states[person]
             events: list[SeqEvent] = []
-            for rec in by_person[person]:
-                kind = rec["k"]
-                if kind == EVENT:
-                    events.append(_seq_event(rec))
-                elif kind == FORGET:
-                    erased[person] = max(erased.get(person, 0), int(rec["erased_ms"]))
+            for rec in work.by_person[person]:
+                if isinstance(rec, CanonicalEvent):
+                    events.append(rec.to_seq_event())
+                elif isinstance(rec, ForgetRequest):
+                    work.erased[person] = max(work.erased.get(person, 0), rec.erased_ms)
                     state = states[person] = PersonState(person_id=person)
                     report.forgotten += 1
-            outcome = merge_events(state, events, self.max_len, erased.get(person))
+            outcome = merge_events(state, events, self.max_len, work.erased.get(person))
             for name in ("applied", "duplicates", "too_late", "erased"):
                 setattr(report.merge, name, getattr(report.merge, name) + getattr(outcome, name))
             if outcome.applied:
-                changed.append(state)
+                work.changed.append(state)
         report.people = len(people)
 
+    async def _encode(self, work: _Work, now_ms: int | None) -> None:
+        """Step 3b: one runtime call, in a worker thread, for every changed person."""
+        if not work.changed:
+            return
+        work.batch.states.extend(work.changed)
         encoder = self.encoder()
-        if changed:
-            batch.states.extend(changed)
-            if encoder is not None:
-                started = time.perf_counter()
-                vectors = await asyncio.to_thread(encoder.encode, [s.events for s in changed])
-                report.encode_s = time.perf_counter() - started
-                report.encoded = len(changed)
-                report.model_version = encoder.version
-                now = int(time.time() * 1000) if now_ms is None else now_ms
-                for state, vector in zip(changed, vectors, strict=True):
-                    batch.profiles.append(Profile(
-                        state.person_id, encoder.version, np.asarray(vector, dtype=np.float32),
-                        state.event_count, state.first_ts_ms, state.last_ts_ms, dict(state.platforms),
-                        state.write_ts, now,
-                    ))
-        if len(batch):
-            started = time.perf_counter()
-            crash_point("before_write")
-            await self.store.write_batch(batch)
-            crash_point("after_write")
-            report.write_s = time.perf_counter() - started
-        # Only now, with the store's acknowledgement, does the cache move on.
+        if encoder is None:
+            return
+        report = work.report
+        started = time.perf_counter()
+        vectors = await asyncio.to_thread(encoder.encode, [s.events for s in work.changed])
+        report.encode_s = time.perf_counter() - started
+        report.encoded = len(work.changed)
+        report.model_version = encoder.version
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        for state, vector in zip(work.changed, vectors, strict=True):
+            work.batch.profiles.append(Profile(
+                state.person_id, encoder.version, np.asarray(vector, dtype=np.float32),
+                state.event_count, state.first_ts_ms, state.last_ts_ms, dict(state.platforms),
+                state.write_ts, now,
+            ))
+
+    async def _write(self, work: _Work) -> None:
+        """Step 4: one idempotent ``write_batch`` of states, profiles, links and removals."""
+        if not len(work.batch):
+            return
+        started = time.perf_counter()
+        crash_point("before_write")
+        await self.store.write_batch(work.batch)
+        crash_point("after_write")
+        work.report.write_s = time.perf_counter() - started
+
+    def _move_caches(self, work: _Work) -> None:
+        """Step 5: only now, with the store's acknowledgement, does the cache move on."""
         done = int(time.time() * 1000)
-        for state in changed:
+        for state in work.changed:
             self.caches.setdefault(self.partition_of(state.person_id), {})[state.person_id] = state
-            report.written.append(state.person_id)
-            report.freshness_ms.append(float(done - state.last_ts_ms))
-        for person, mark in erased.items():
+            work.report.written.append(state.person_id)
+            work.report.freshness_ms.append(float(done - state.last_ts_ms))
+        for person, mark in work.erased.items():
             self.erased.setdefault(self.partition_of(person), {})[person] = mark
-            if any(r["k"] == FORGET for r in by_person.get(person, ())):
+            if any(isinstance(r, ForgetRequest) for r in work.by_person.get(person, ())):
                 self.caches.get(self.partition_of(person), {}).pop(person, None)
-        for anon_id, person in new_links.items():
+        for anon_id, person in work.new_links.items():
             self.links.setdefault(self.partition_of(anon_id), {})[anon_id] = person
             self.caches.get(self.partition_of(anon_id), {}).pop(anon_id, None)
-        return report

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from interest.produce import produce_events
 from interest.synthetic import RawEvent
+from schemas.events import CanonicalEvent
 from schemas.sequence import PersonState
 from schemas.settings import Settings
 from streams.stores.base import StoreBatch
@@ -31,7 +32,7 @@ from testkit.helpers import WorkerProcess
 
 PLATFORMS = ["web", "app", "mini", "tv"]
 EVENTS = [
-    {"k": "e", "event_id": f"e{i:02d}", "person_id": "p1", "platform": PLATFORMS[i % 4], "platform_user_id": "p1",
+    {"event_id": f"e{i:02d}", "person_id": "p1", "platform": PLATFORMS[i % 4], "platform_user_id": "p1",
      "action": "click", "item_id": f"i{i % 5}", "ts_ms": 1_700_000_000_000 + 1000 * i, "weight": 1.0}
     for i in range(14)
 ]
@@ -41,11 +42,11 @@ async def _apply(order: list[int], cuts: set[int], cold: list[bool], max_len: in
     store = SqliteStore(":memory:")
     await store.init_schema(8)
 
-    async def forward(_: list[dict[str, Any]]) -> None:
+    async def send(_: Any) -> None:
         raise AssertionError("no links here")
 
-    updater = ProfileUpdater(store, lambda: None, forward, max_len, lambda _: 0)
-    records = [EVENTS[i] for i in order]
+    updater = ProfileUpdater(store, lambda: None, send, Settings(person_partitions=1, seq_len=max_len))
+    records = [CanonicalEvent.from_dict(EVENTS[i]) for i in order]
     bounds = [0, *sorted(c for c in cuts if 0 < c < len(records)), len(records)]
     first: PersonState | None = None
     for n, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):

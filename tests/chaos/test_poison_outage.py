@@ -21,9 +21,10 @@ import pytest
 from kafka import KafkaProducer, TopicPartition
 
 from interest.produce import produce_events
+from schemas.events import CanonicalEvent
+from schemas.records import decode_envelope, encode_envelope, person_partition
 from schemas.settings import Settings
 from streams.kafka_config import ensure_topics, kafka_python_options, worker_topics
-from streams.routing import decode_envelope, encode_envelope, person_partition
 from testkit.chaos import (
     committed,
     dlq,
@@ -39,10 +40,9 @@ from testkit.helpers import WorkerProcess, metric_value, run_cli, wait_until
 POISON_PERSON = "poison-1"
 
 
-def _poison_record() -> dict[str, Any]:
+def _poison_record() -> CanonicalEvent:
     """A record that passes decoding but can never be stored: its time overflows a 64-bit write timestamp."""
-    return {"k": "e", "event_id": "poison-e1", "person_id": POISON_PERSON, "platform": "web",
-            "platform_user_id": POISON_PERSON, "action": "click", "item_id": "i1", "ts_ms": 2**62, "weight": 1.0}
+    return CanonicalEvent("poison-e1", POISON_PERSON, "web", POISON_PERSON, "click", "i1", 2**62, 1.0)
 
 
 def test_poison_pill_reaches_the_dlq_and_dlq_replay_restores_after_a_fix(
