@@ -68,8 +68,8 @@ def run_naive(settings: Settings, version: str, db_path: Path, max_events: int, 
     from schemas.sequence import PersonState, SeqEvent
     from schemas.topics import topic_platform_action
     from streams.kafka_config import kafka_python_options
-    from streams.state import merge_events
     from streams.stores.codec import pack_events, unpack_events, vector_bytes
+    from streams.updater import merge_events
 
     model = load_torch_model(settings.registry, version)
     spec = model.spec

@@ -16,7 +16,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from interest import bench_cmd, model_cmd, query_cmd, store_cmd, worker_cmd
+from interest import bench_cmd, model_cmd, ops_cmd, query_cmd, store_cmd, worker_cmd
 from interest.common import first_line, settings_or_exit, user_error
 
 app = typer.Typer(
@@ -171,7 +171,8 @@ def produce(
     typer.echo(json.dumps({"produced": sent, "users": users, "seed": seed, "envelope": envelope}))
 
 
-for _register in (worker_cmd.register, worker_cmd.register_demo, query_cmd.register, store_cmd.register,
+for _register in (worker_cmd.register, worker_cmd.register_demo, query_cmd.register, ops_cmd.register,
+                  store_cmd.register,
                   model_cmd.register, bench_cmd.register):
     _register(app)
 
@@ -179,17 +180,19 @@ for _register in (worker_cmd.register, worker_cmd.register_demo, query_cmd.regis
 def main() -> None:
     """Run the CLI; a user's mistake ends as one ``error:`` line and exit code 2, a bug as a traceback."""
     # typer ships its own copy of click: take its exception classes from typer's own.
-    click_errors = {c.__name__: c for c in typer.BadParameter.__mro__}
+    click_errors: dict[str, type[Exception]] = {c.__name__: c for c in typer.BadParameter.__mro__
+                                                  if issubclass(c, Exception)}
     usage_error, click_exception = click_errors["UsageError"], click_errors["ClickException"]
     try:
         code = app(standalone_mode=False)
     except usage_error as exc:
-        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         typer.echo(f"error: {first_line(exc)}{hint}", err=True)
         sys.exit(2)
     except click_exception as exc:
         typer.echo(f"error: {first_line(exc)}", err=True)
-        sys.exit(exc.exit_code or 2)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)

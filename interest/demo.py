@@ -81,15 +81,11 @@ def _recommend(settings: Settings, person: str, version: str, k: int = 5) -> tup
     """(top-k items, last 5 items) for a person, straight from the store and the item index."""
     from interest.query_cmd import top_items
     from model.registry import Registry
-    from streams.stores.factory import open_store
+    from streams.stores.factory import opened_store
 
     async def read() -> tuple[Any, Any]:
-        store = open_store(settings)
-        await store.open()
-        try:
+        async with opened_store(settings) as store:
             return await store.get_profile(person, version), (await store.load_states([person])).get(person)
-        finally:
-            await store.close()
 
     row, state = asyncio.run(read())
     if row is None or state is None:

@@ -19,7 +19,7 @@ from schemas.records import (
 )
 from schemas.settings import Settings
 from streams.dlq import headers_dict
-from streams.kafka_config import kafka_python_options
+from streams.kafka_config import kafka_consumer
 
 REPLAY_GROUP = "interest-dlq-replay"
 
@@ -43,10 +43,7 @@ def notify_forget(settings: Settings, person_id: str, erased_ms: int) -> bool:
 
 
 def _dlq_consumer(settings: Settings, group: str | None) -> KafkaConsumer:
-    consumer = KafkaConsumer(
-        **kafka_python_options(settings), group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest", consumer_timeout_ms=3000,
-    )
+    consumer = kafka_consumer(settings, group_id=group, auto_offset_reset="earliest", consumer_timeout_ms=3000)
     parts = consumer.partitions_for_topic(settings.dlq_topic) or set()
     consumer.assign([TopicPartition(settings.dlq_topic, p) for p in sorted(parts)])
     return consumer

@@ -55,20 +55,14 @@ class RoundOptions:
 async def _read_events(settings: Settings, window_days: float, max_people: int | None) -> tuple[list[dict[str, Any]],
                                                                                                   int]:
     """Canonical event rows of stored sequences inside the window (and how many people have any)."""
-    from streams.stores.factory import open_store
+    from streams.stores.base import state_pages
+    from streams.stores.factory import opened_store
 
-    store = open_store(settings)
-    await store.open()
     cutoff = int(time.time() * 1000 - window_days * 86_400_000)
     rows: list[dict[str, Any]] = []
     people = 0
-    after: str | None = None
-    try:
-        while max_people is None or people < max_people:
-            page = await store.iter_states(after, 1000)
-            if not page:
-                break
-            after = page[-1].person_id
+    async with opened_store(settings) as store:
+        async for page in state_pages(store):
             for state in page:
                 recent = [e for e in state.events if e.ts_ms >= cutoff]
                 if not recent:
@@ -76,8 +70,8 @@ async def _read_events(settings: Settings, window_days: float, max_people: int |
                 people += 1
                 rows.extend({"user_id": state.person_id, "item_id": e.item_id, "ts_ms": e.ts_ms,
                              "action": e.action, "platform": e.platform, "weight": e.weight} for e in recent)
-    finally:
-        await store.close()
+            if max_people is not None and people >= max_people:
+                break
     return rows, people
 
 

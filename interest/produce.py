@@ -16,20 +16,17 @@ from kafka import KafkaProducer
 
 from interest.synthetic import RawEvent
 from schemas.settings import Settings
-from streams.kafka_config import ensure_topics, kafka_python_options, worker_topics
+from streams.kafka_config import ensure_topics, kafka_producer, worker_topics
 
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     opts: dict[str, Any] = {
-        **kafka_python_options(settings),
         "linger_ms": 5,
         "batch_size": 256 * 1024,
-        "acks": "all",
         "max_request_size": 4 * 1024 * 1024,
         "client_id": "interest-produce",
     }
-    opts.update(overrides)
-    return KafkaProducer(**opts)
+    return kafka_producer(settings, **{**opts, **overrides})
 
 
 class RateLimiter:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from interest.common import settings_or_exit
 from schemas.settings import Settings
 
 
@@ -19,14 +20,10 @@ def _iso(ms: int) -> str:
 
 
 async def _with_store(settings: Settings, fn: Any) -> Any:
-    from streams.stores.factory import open_store
+    from streams.stores.factory import opened_store
 
-    store = open_store(settings)
-    await store.open()
-    try:
+    async with opened_store(settings) as store:
         return await fn(store)
-    finally:
-        await store.close()
 
 
 def _version(settings: Settings, version: str | None) -> str:
@@ -60,170 +57,98 @@ def top_items(vector: np.ndarray, items: list[str], vectors: np.ndarray, seen: s
     return [(items[i], float(scores[i])) for i in np.argsort(-scores) if items[i] not in seen][:k]
 
 
-def register(app: typer.Typer) -> None:
-    from interest.common import settings_or_exit
+def profile(
+    person: str,
+    version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
+    all_versions: Annotated[bool, typer.Option("--all", help="Every version's row")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a person's interest profile."""
+    settings = settings_or_exit()
 
-    @app.command()
-    def profile(
-        person: str,
-        version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
-        all_versions: Annotated[bool, typer.Option("--all", help="Every version's row")] = False,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
-    ) -> None:
-        """Show a person's interest profile."""
-        settings = settings_or_exit()
+    async def run(store: Any) -> list[Any]:
+        if all_versions:
+            return list(await store.get_profiles(person))
+        row = await store.get_profile(person, _version(settings, version))
+        return [row] if row else []
 
-        async def run(store: Any) -> list[Any]:
-            if all_versions:
-                return list(await store.get_profiles(person))
-            row = await store.get_profile(person, _version(settings, version))
-            return [row] if row else []
+    rows = asyncio.run(_with_store(settings, run))
+    if not rows:
+        typer.echo(f"no profile for {person!r}", err=True)
+        raise typer.Exit(1)
+    for row in rows:
+        data = profile_dict(row)
+        if as_json:
+            typer.echo(json.dumps(data))
+            continue
+        age = time.time() - row.updated_ms / 1000
+        typer.echo(f"person {row.person_id}  model {row.model_version}  events {row.event_count}  "
+                   f"updated {data['updated']} ({age:.1f}s ago)")
+        typer.echo(f"  events {data['first_event']} .. {data['last_event']}  platforms "
+                   + ", ".join(f"{k}@{v}" for k, v in data["platforms"].items()))
+        typer.echo("  vector[:8] " + " ".join(f"{x:+.3f}" for x in row.vector[:8]) + f" ... (dim {data['dim']})")
 
-        rows = asyncio.run(_with_store(settings, run))
-        if not rows:
-            typer.echo(f"no profile for {person!r}", err=True)
-            raise typer.Exit(1)
-        for row in rows:
-            data = profile_dict(row)
-            if as_json:
-                typer.echo(json.dumps(data))
-                continue
-            age = time.time() - row.updated_ms / 1000
-            typer.echo(f"person {row.person_id}  model {row.model_version}  events {row.event_count}  "
-                       f"updated {data['updated']} ({age:.1f}s ago)")
-            typer.echo(f"  events {data['first_event']} .. {data['last_event']}  platforms "
-                       + ", ".join(f"{k}@{v}" for k, v in data["platforms"].items()))
-            typer.echo("  vector[:8] " + " ".join(f"{x:+.3f}" for x in row.vector[:8]) + f" ... (dim {data['dim']})")
 
-    @app.command()
-    def recommend(
-        person: str,
-        k: Annotated[int, typer.Option("-k", help="How many items")] = 10,
-        version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
-    ) -> None:
-        """Top-k items for a person from the model's item index, history excluded."""
-        from model.registry import Registry
+def recommend(
+    person: str,
+    k: Annotated[int, typer.Option("-k", help="How many items")] = 10,
+    version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Top-k items for a person from the model's item index, history excluded."""
+    from model.registry import Registry
 
-        settings = settings_or_exit()
-        ver = _version(settings, version)
+    settings = settings_or_exit()
+    ver = _version(settings, version)
 
-        async def run(store: Any) -> tuple[Any, Any]:
-            row = await store.get_profile(person, ver)
-            states = await store.load_states([person])
-            return row, states.get(person)
+    async def run(store: Any) -> tuple[Any, Any]:
+        row = await store.get_profile(person, ver)
+        states = await store.load_states([person])
+        return row, states.get(person)
 
-        row, state = asyncio.run(_with_store(settings, run))
+    row, state = asyncio.run(_with_store(settings, run))
+    if row is None:
+        typer.echo(f"no profile for {person!r} in version {ver}", err=True)
+        raise typer.Exit(1)
+    items, vectors = Registry(settings.registry).item_index(ver)
+    seen = {e.item_id for e in state.events} if state else set()
+    out = top_items(row.vector, items, vectors, seen, k)
+    if as_json:
+        typer.echo(json.dumps({"person_id": person, "model_version": ver,
+                               "items": [{"item_id": i, "score": s} for i, s in out]}))
+        return
+    for rank, (item, score) in enumerate(out, 1):
+        typer.echo(f"{rank:>3}. {item}  {score:.4f}")
+
+
+def similar(
+    person: str,
+    k: Annotated[int, typer.Option("-k", help="How many people")] = 10,
+    version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Nearest people to a person in one model's embedding space."""
+    settings = settings_or_exit()
+    ver = _version(settings, version)
+
+    async def run(store: Any) -> Any:
+        row = await store.get_profile(person, ver)
         if row is None:
-            typer.echo(f"no profile for {person!r} in version {ver}", err=True)
-            raise typer.Exit(1)
-        items, vectors = Registry(settings.registry).item_index(ver)
-        seen = {e.item_id for e in state.events} if state else set()
-        out = top_items(row.vector, items, vectors, seen, k)
-        if as_json:
-            typer.echo(json.dumps({"person_id": person, "model_version": ver,
-                                   "items": [{"item_id": i, "score": s} for i, s in out]}))
-            return
-        for rank, (item, score) in enumerate(out, 1):
-            typer.echo(f"{rank:>3}. {item}  {score:.4f}")
+            return None
+        return await store.nearest_people(row.vector, ver, k, exclude=[person])
 
-    @app.command()
-    def similar(
-        person: str,
-        k: Annotated[int, typer.Option("-k", help="How many people")] = 10,
-        version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
-    ) -> None:
-        """Nearest people to a person in one model's embedding space."""
-        settings = settings_or_exit()
-        ver = _version(settings, version)
+    found = asyncio.run(_with_store(settings, run))
+    if found is None:
+        typer.echo(f"no profile for {person!r} in version {ver}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps({"person_id": person, "model_version": ver,
+                               "people": [{"person_id": p, "score": s} for p, s in found]}))
+        return
+    for rank, (other, score) in enumerate(found, 1):
+        typer.echo(f"{rank:>3}. {other}  {score:.4f}")
 
-        async def run(store: Any) -> Any:
-            row = await store.get_profile(person, ver)
-            if row is None:
-                return None
-            return await store.nearest_people(row.vector, ver, k, exclude=[person])
 
-        found = asyncio.run(_with_store(settings, run))
-        if found is None:
-            typer.echo(f"no profile for {person!r} in version {ver}", err=True)
-            raise typer.Exit(1)
-        if as_json:
-            typer.echo(json.dumps({"person_id": person, "model_version": ver,
-                                   "people": [{"person_id": p, "score": s} for p, s in found]}))
-            return
-        for rank, (other, score) in enumerate(found, 1):
-            typer.echo(f"{rank:>3}. {other}  {score:.4f}")
-
-    @app.command()
-    def forget(
-        person: str,
-        broker: Annotated[bool, typer.Option(help="Also tell the owning worker via the person topic")] = True,
-    ) -> None:
-        """Erase a person: every version's profile, the sequence, identity links; prints a receipt."""
-        settings = settings_or_exit()
-        erased_ms = int(time.time() * 1000)
-        receipt = asyncio.run(_with_store(settings, lambda store: store.forget(person, erased_ms)))
-        notified = False
-        if broker:
-            from interest.ops import notify_forget
-
-            notified = notify_forget(settings, person, erased_ms)
-        typer.echo(json.dumps({
-            "receipt": "erasure", "person_id": receipt.person_id, "erased_at": _iso(receipt.erased_ms),
-            "profiles_deleted": receipt.profiles_deleted, "sequence_deleted": receipt.sequence_deleted,
-            "links_deleted": receipt.links_deleted, "workers_notified": notified,
-            "retention_days": settings.erasure_retention_days,
-        }))
-
-    dlq_app = typer.Typer(help="Dead-letter queue tools", no_args_is_help=True)
-    app.add_typer(dlq_app, name="dlq")
-
-    @dlq_app.command("replay")
-    def dlq_replay(
-        reason: Annotated[str | None, typer.Option(help="Only records with this error_class")] = None,
-        limit: Annotated[int | None, typer.Option(help="At most this many records")] = None,
-        dry_run: Annotated[bool, typer.Option(help="Only count what would be replayed")] = False,
-    ) -> None:
-        """Re-inject DLQ records into their source topics (after a fix)."""
-        from interest.ops import replay_dlq
-
-        settings = settings_or_exit()
-        typer.echo(json.dumps(replay_dlq(settings, reason=reason, limit=limit, dry_run=dry_run)))
-
-    @dlq_app.command("show")
-    def dlq_show(limit: Annotated[int, typer.Option(help="Records to show")] = 20) -> None:
-        """Print DLQ records (reason, source, raw bytes) as JSON lines."""
-        from interest.ops import read_dlq
-
-        for record in read_dlq(settings_or_exit(), limit=limit):
-            typer.echo(json.dumps(record))
-
-    @app.command()
-    def reencode(
-        version: Annotated[str | None, typer.Option(help="Version to encode with (default: promoted)")] = None,
-        page: Annotated[int, typer.Option(min=1, help="People per store page")] = 512,
-        max_people: Annotated[int | None, typer.Option(min=1, help="Stop after this many (resume later)")] = None,
-        restart: Annotated[bool, typer.Option(help="Ignore a saved cursor and start over")] = False,
-    ) -> None:
-        """Re-encode every stored sequence with one version, resumably, beside the running workers."""
-        from interest.reencode import ReencodeProgress, coverage
-        from interest.reencode import reencode as run_reencode
-        from model.runtime import EncoderRuntime
-
-        settings = settings_or_exit()
-        chosen = _version(settings, version)
-        runtime = EncoderRuntime.load(settings.registry, chosen, settings.use_gpu)
-
-        def show(p: ReencodeProgress) -> None:
-            rate = p.written / p.seconds if p.seconds else 0.0
-            typer.echo(f"reencode {p.version}: {p.done}/{p.total} people ({rate:.0f}/s)", err=True)
-
-        async def run(store: Any) -> dict[str, Any]:
-            done = await run_reencode(settings, store, runtime, page=page, max_people=max_people,
-                                      restart=restart, on_progress=show)
-            return {"version": done.version, "complete": done.complete, "reencoded": done.written,
-                    "resumed_after": done.resumed_after, "seconds": round(done.seconds, 2),
-                    **{k: v for k, v in (await coverage(store, chosen)).items() if k != "version"}}
-
-        typer.echo(json.dumps(asyncio.run(_with_store(settings, run))))
+def register(app: typer.Typer) -> None:
+    for command in (profile, recommend, similar):
+        app.command()(command)

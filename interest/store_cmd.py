@@ -15,7 +15,7 @@ import typer
 from schemas.settings import Settings, load_settings
 from streams.stores.base import StoreError
 from streams.stores.cassandra_config import cassandra_config, render_cql
-from streams.stores.factory import open_store
+from streams.stores.factory import opened_store
 from streams.stores.sqlite import sqlite_target
 
 
@@ -28,9 +28,7 @@ def _describe(settings: Settings) -> str:
 
 async def init_store(settings: Settings, dim: int) -> str:
     """Apply the schema (idempotent) and say what was initialised."""
-    store = open_store(settings)
-    try:
-        await store.init_schema(dim)
+    async with opened_store(settings, init_dim=dim) as store:
         mode = getattr(store, "native", None)
         detail = (
             ""
@@ -38,8 +36,6 @@ async def init_store(settings: Settings, dim: int) -> str:
             else f", vectors as {'vector<float, N> + SAI ANN' if mode else 'float32 blobs'}"
         )
         return f"initialised {_describe(settings)} (dim {dim}{detail})"
-    finally:
-        await store.close()
 
 
 def register(app: typer.Typer) -> None:

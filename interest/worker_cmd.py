@@ -86,18 +86,15 @@ def check_store(settings: object) -> None:
 
     from schemas.settings import Settings
     from streams.stores.base import StoreError, StoreUnavailable
-    from streams.stores.factory import open_store
+    from streams.stores.factory import opened_store
 
     assert isinstance(settings, Settings)
     if not settings.store_url.startswith("cassandra:"):
         return
 
     async def probe() -> None:
-        store = open_store(settings)
-        try:
-            await store.open()
-        finally:
-            await store.close()
+        async with opened_store(settings):
+            pass
 
     try:
         asyncio.run(probe())

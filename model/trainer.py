@@ -42,8 +42,9 @@ from model.features import FeatureSpec, hash_items
 from model.objective import Ema, TrainWindows, cooccurrence_vectors, drop_items, init_item_tables
 from model.objective import loss as loss_fn
 from model.trained import EpochLog, Trained, item_vectors, person_vectors
+from schemas.events import ACTION_WEIGHTS
 
-DEFAULT_ACTION_WEIGHTS = {"browse": 1.0, "click": 2.0, "purchase": 4.0}
+DEFAULT_ACTION_WEIGHTS = ACTION_WEIGHTS  # one table: the weight the adapters give each action
 
 
 @dataclass

@@ -17,7 +17,7 @@ A record is one of three typed values: a ``CanonicalEvent``, an
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,22 @@ class ForgetRequest:
 
 
 PersonRecord = CanonicalEvent | IdentityLink | ForgetRequest
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """One Kafka message this system writes (an envelope, a DLQ record): sent, then acknowledged."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    partition: int | None = None
+    headers: Headers | None = None
+
+
+# Sends messages and returns once the broker acknowledged every one of them.
+Send = Callable[[Sequence[OutMessage]], Awaitable[None]]
 
 # Largest envelope in records: ~200 bytes each keeps one message far below the
 # producer's 1 MB max_request_size however large the raw messages' envelopes are.

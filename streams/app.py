@@ -1,12 +1,12 @@
 """The Faust application: two agents and the worker's web endpoints.
 
 ``ingest`` consumes every ``events.<platform>.<action>`` topic and
-``identity.links`` and runs ``IngestStage`` (``streams/ingest.py``): raw bytes
--> records re-keyed by person onto the person topic, bad input -> DLQ.
+``identity.links`` with ``IngestStage.consume``: raw bytes -> records re-keyed
+by person onto the person topic, bad input -> DLQ.
 
-``update`` consumes the person topic and runs ``UpdateStage``
-(``streams/update.py``), which hands records to ``ProfileUpdater``.  This
-module only wires them to Faust and serves the web pages.
+``update`` consumes the person topic with ``UpdateStage.consume``, which hands
+records to ``ProfileUpdater``.  Both live in ``streams/stages.py``; this module
+only wires them to Faust and serves the web pages.
 
 Both agents acknowledge a batch only after everything it produced (envelopes,
 DLQ records, store writes) was acknowledged downstream, and neither lets an
@@ -25,14 +25,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.adapters import load_adapters
 from schemas.normalize import Normalizer
 from schemas.settings import Settings
-from streams import faults, faust_tuning, metrics
+from streams import faust_tuning, metrics
 from streams.backoff import Backoff, retry_forever
-from streams.ingest import IngestStage, RawMessage
 from streams.model_holder import ModelHolder
 from streams.model_watch import watch_models
-from streams.outbox import KafkaSender, Source
+from streams.stages import IngestStage, KafkaSender, UpdateStage
 from streams.stores.factory import open_store
-from streams.update import UpdateStage
 from streams.updater import ProfileUpdater
 from streams.worker_stats import WorkerStats
 
@@ -78,16 +76,6 @@ class Worker:
                 metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
 
 
-def _raw_batch(events: Any) -> list[RawMessage]:
-    """Faust events -> the stages' typed input (topic, partition, offset, key, bytes)."""
-    out = []
-    for event in events:
-        msg = event.message
-        raw = msg.value if isinstance(msg.value, bytes) else event.value
-        out.append(RawMessage(Source(msg.topic, msg.partition, msg.offset, msg.key), raw))
-    return out
-
-
 def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     """Build the Faust app for ``settings`` (no global app: tests build many)."""
     app = faust_tuning.lean_app(settings, web_port=settings.web_port, web_bind=settings.web_host, web_enabled=True)
@@ -96,7 +84,6 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
                           key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     person_topic = app.topic(settings.person_topic, partitions=settings.person_partitions,
                              key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    within = settings.batch_wait_ms / 1000
 
     @app.task
     async def start_context() -> None:
@@ -111,25 +98,12 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     @app.agent(raw_topic, name="ingest")
     async def ingest(stream: Any) -> None:
         await ctx.ready.wait()
-        async for events in stream.take_events(settings.batch_size, within=within):
-            try:
-                await ctx.ingest.run(_raw_batch(events))
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never escape: Faust would wait forever on the unacked message
-                log.exception("ingest batch failed unexpectedly")
+        await ctx.ingest.consume(stream)
 
     @app.agent(person_topic, name="update")
     async def update(stream: Any) -> None:
         await ctx.ready.wait()
-        async for events in stream.take_events(settings.update_batch_envelopes, within=within):
-            await faults.commit_then_crash(app)  # chaos tests only: earlier batches are acked by now
-            try:
-                await ctx.update.run(_raw_batch(events))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("update batch failed unexpectedly")
+        await ctx.update.consume(stream, app)
 
     @app.timer(interval=5.0)
     async def lag_gauge() -> None:

@@ -51,6 +51,20 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+def kafka_producer(settings: Settings, **overrides: Any) -> Any:
+    """A kafka-python producer with the security settings; ``acks=all``: a send is durable once it returns."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(**{**kafka_python_options(settings), "acks": "all", **overrides})
+
+
+def kafka_consumer(settings: Settings, **overrides: Any) -> Any:
+    """A kafka-python consumer with the security settings; no auto-commit: callers commit what they did."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(**{**kafka_python_options(settings), "enable_auto_commit": False, **overrides})
+
+
 def faust_credentials(settings: Settings) -> Any:
     """``broker_credentials`` for the Faust app, or None for PLAINTEXT."""
     import faust

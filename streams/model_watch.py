@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from schemas.settings import Settings
-from streams.kafka_config import kafka_python_options
+from streams.kafka_config import kafka_consumer, kafka_producer
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,8 @@ def announce(settings: Settings, version: str, action: str, extra: dict[str, Any
     Raises when the broker did not acknowledge; callers report that workers
     will still pick the version up at their next registry check.
     """
-    from kafka import KafkaProducer
-
     body = {"version": version, "action": action, "at_ms": int(time.time() * 1000), **(extra or {})}
-    producer = KafkaProducer(**kafka_python_options(settings), acks="all", request_timeout_ms=int(timeout_s * 1000),
-                             max_block_ms=int(timeout_s * 1000))
+    producer = kafka_producer(settings, request_timeout_ms=int(timeout_s * 1000), max_block_ms=int(timeout_s * 1000))
     try:
         producer.send(settings.models_topic, key=version.encode(), value=orjson.dumps(body)).get(timeout=timeout_s)
     finally:
@@ -61,10 +58,9 @@ class AnnouncementReader:
     """Blocking reader of the models topic (all partitions, from the end); run it in a thread."""
 
     def __init__(self, settings: Settings) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
-        self._consumer = KafkaConsumer(**kafka_python_options(settings), enable_auto_commit=False,
-                                       group_id=None, consumer_timeout_ms=1000)
+        self._consumer = kafka_consumer(settings, group_id=None, consumer_timeout_ms=1000)
         parts = self._consumer.partitions_for_topic(settings.models_topic) or {0}
         self._consumer.assign([TopicPartition(settings.models_topic, p) for p in sorted(parts)])
         self._consumer.seek_to_end()

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams import metrics
-from streams.outbox import DeadLetter
 from streams.updater import BatchReport
 
 
@@ -27,10 +26,10 @@ class WorkerStats:
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     freshness: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
 
-    def dead_lettered(self, letters: list[DeadLetter]) -> None:
-        for letter in letters:
-            metrics.REJECTED.labels(reason=letter.reason).inc()
-        self.rejected += len(letters)
+    def dead_lettered(self, reasons: list[str]) -> None:
+        for reason in reasons:
+            metrics.REJECTED.labels(reason=reason).inc()
+        self.rejected += len(reasons)
 
     def updated(self, report: BatchReport, messages: int) -> None:
         metrics.BATCH_SIZE.labels("update").observe(messages)

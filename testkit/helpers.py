@@ -115,24 +115,17 @@ def metric_value(text: str, name: str) -> float:
 
 
 async def _scan(settings: Settings, version: str) -> dict[str, Any]:
-    from streams.stores.factory import open_store
+    from streams.stores.base import state_pages
+    from streams.stores.factory import opened_store
 
-    store = open_store(settings)
-    await store.open()
-    try:
-        states = []
-        after = None
-        while page := await store.iter_states(after, 500):
-            states.extend(page)
-            after = page[-1].person_id
+    async with opened_store(settings) as store:
+        states = [s async for page in state_pages(store, 500) for s in page]
         profiles = {}
         for state in states:
             row = await store.get_profile(state.person_id, version)
             if row is not None:
                 profiles[state.person_id] = row
         return {"states": {s.person_id: s for s in states}, "profiles": profiles}
-    finally:
-        await store.close()
 
 
 def scan(settings: Settings, version: str) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import numpy as np
 
 from schemas.sequence import PersonState
 from schemas.settings import Settings
-from streams.stores.factory import open_store
+from streams.stores.base import state_pages
+from streams.stores.factory import opened_store
 from testkit.helpers import wait_until
 from testkit.oracle import Expected
 
@@ -47,19 +48,11 @@ def _runtime(registry: str, version: str) -> Any:
 
 
 async def _compare(settings: Settings, version: str, oracle: dict[str, Expected]) -> Comparison:
-    store = open_store(settings)
-    await store.open()
-    try:
-        states: dict[str, PersonState] = {}
-        after: str | None = None
-        while page := await store.iter_states(after, 1000):
-            states.update({s.person_id: s for s in page})
-            after = page[-1].person_id
+    async with opened_store(settings) as store:
+        states: dict[str, PersonState] = {s.person_id: s async for page in state_pages(store) for s in page}
         people = set(states) | set(oracle)
         rows = dict(zip(people, await asyncio.gather(*(store.get_profile(p, version) for p in people)),
                         strict=True))
-    finally:
-        await store.close()
     out = Comparison(people=len(oracle), events_expected=sum(e.count for e in oracle.values()))
     out.extra = sum(1 for p in people - set(oracle) if rows[p] is not None or p in states)
     present = [p for p in oracle if rows[p] is not None and p in states]

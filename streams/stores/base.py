@@ -20,7 +20,7 @@ Guarantees every backend gives:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -122,3 +122,11 @@ class ProfileStore(Protocol):
     async def forget(self, person_id: str, erased_ms: int) -> ForgetReceipt:
         """Delete every profile row, the sequence and identity links of a person
         and record an erasure marker at ``erased_ms``."""
+
+
+async def state_pages(store: ProfileStore, page_size: int = 1000,
+                      after: str | None = None) -> AsyncIterator[list[PersonState]]:
+    """Every stored sequence state in person-id order, one page at a time (the one pagination loop)."""
+    while page := await store.iter_states(after, page_size):
+        yield page
+        after = page[-1].person_id

@@ -36,11 +36,11 @@ def open_store(settings: Settings) -> ProfileStore:
 async def opened_store(settings: Settings, init_dim: int | None = None) -> AsyncIterator[ProfileStore]:
     """The configured store, opened (or created with ``init_dim``), closed on the way out."""
     store = open_store(settings)
-    if init_dim is None:
-        await store.open()
-    else:
-        await store.init_schema(init_dim)
     try:
+        if init_dim is None:
+            await store.open()
+        else:
+            await store.init_schema(init_dim)
         yield store
-    finally:
+    finally:  # also after a failed open: a half-made Cassandra session holds threads and sockets
         await store.close()
