@@ -9,11 +9,51 @@ normalised (see ``schemas.adapters``).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 ACTIONS: tuple[str, ...] = ("click", "browse", "purchase")
+
+# -- write timestamps, derived from content only ------------------------------------------------
+# A row's write timestamp (Cassandra ``USING TIMESTAMP``, SQLite's ``write_ts`` column) is
+#     newest event ms * 2**20  +  the sum, over the kept window, of a weight per event,
+# the weight growing with the event's time (1..WEIGHT_MAX, log-spaced by age below the newest).
+# Why: adding an event to a state can only keep or raise the newest time, and either lengthens
+# the window (adds a weight >= 1) or replaces its oldest event by a newer one (adds a weight at
+# least as large).  So a state that holds every event of another, and more, compares at least
+# as large, whatever order either saw its events in (strictly larger unless the replaced event
+# and its replacement fall in the same 2 % age bucket of a full window), and the same events
+# always give the same value.  An erasure at ``erased_ms`` deletes at the top of that
+# millisecond, above every state whose newest event is at or before the erasure and below
+# every state with a later event.  Fits 63 bits for events before the year 2248.
+TS_SHIFT = 20
+WEIGHT_MAX = ((1 << TS_SHIFT) - 1) // 999  # seq_len <= 999: the sum stays below 2**20
+_AGE_SCALE = (WEIGHT_MAX - 1) / math.log1p(10 * 365 * 86_400_000)  # ten years of age span the weights
+
+
+def event_write_ts(ts_ms: int) -> int:
+    """The timestamp of a row that one event wrote (identity links)."""
+    return ts_ms << TS_SHIFT
+
+
+def erasure_write_ts(erased_ms: int) -> int:
+    """Where an erasure at ``erased_ms`` deletes: above every row made only of events at or before it."""
+    return (erased_ms << TS_SHIFT) | ((1 << TS_SHIFT) - 1)
+
+
+def _weight(age_ms: int) -> int:
+    return WEIGHT_MAX - min(WEIGHT_MAX - 1, int(math.log1p(max(0, age_ms)) * _AGE_SCALE))
+
+
+def window_write_ts(events: Sequence[SeqEvent]) -> int:
+    """The content-derived write timestamp of a kept window (0 for an empty one)."""
+    if not events:
+        return 0
+    newest = max(e.ts_ms for e in events)
+    return (newest << TS_SHIFT) + sum(_weight(newest - e.ts_ms) for e in events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +76,12 @@ class SeqEvent:
 class PersonState:
     """The last N events of one person plus the counters a profile reports.
 
-    ``write_ts`` is a logical timestamp derived from the data only (never the
-    wall clock): a state that has seen more events has a larger one, and a
-    replay of the same events reproduces the same value.  Stores keep the
-    state with the larger ``write_ts`` (Cassandra: ``USING TIMESTAMP``), so a
-    late or replayed write can never overwrite a newer state.
+    ``write_ts`` is ``window_write_ts(events)``: derived from the kept events
+    only (never the wall clock nor the arrival order), so a state holding every
+    event of another, and more, compares larger, and a replay reproduces the
+    same value.  Stores keep the state with the larger ``write_ts`` (Cassandra:
+    ``USING TIMESTAMP``), so a late, replayed or zombie write never overwrites
+    a state that has seen more.
     """
 
     person_id: str

@@ -42,7 +42,7 @@ from schemas.records import (
     person_partition,
     record_owner,
 )
-from schemas.sequence import IdentityLinkRecord, PersonState, Profile, SeqEvent
+from schemas.sequence import IdentityLinkRecord, PersonState, Profile, SeqEvent, window_write_ts
 from schemas.settings import Settings
 from streams.faults import crash_point, fail_if_poisoned
 from streams.stores.base import ProfileStore, StoreBatch
@@ -63,10 +63,8 @@ ByPerson = dict[str, list[PersonRecord]]
 #   window is cut to the newest N.
 #
 # The final window is therefore the newest N of all events, whatever order
-# they arrived in.  ``write_ts`` advances by one per applied event and never
-# falls below the newest event time in microseconds, so a state that has seen
-# more events always has a larger timestamp, and stores keep it (Cassandra
-# ``USING TIMESTAMP``).
+# they arrived in, and ``write_ts`` is derived from that window alone
+# (``schemas.sequence.window_write_ts``): no arrival order can change it.
 
 @dataclass(slots=True)
 class MergeOutcome:
@@ -113,8 +111,9 @@ def merge_events(
         seen = state.platforms.get(event.platform)
         if seen is None or event.ts_ms > seen:
             state.platforms[event.platform] = event.ts_ms
-        state.write_ts = max(state.write_ts + 1, state.last_ts_ms * 1000)
         outcome.applied += 1
+    if outcome.applied:
+        state.write_ts = window_write_ts(window)
     return outcome
 
 

@@ -35,7 +35,7 @@ from cassandra.protocol import ErrorMessage, ServerError, SyntaxException
 from cassandra.protocol import RequestExecutionException as ServerSideTransient
 from cassandra.query import PreparedStatement
 
-from schemas.sequence import ErasureMarker, PersonState, Profile
+from schemas.sequence import ErasureMarker, PersonState, Profile, erasure_write_ts, event_write_ts
 from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
 from streams.stores.cassandra_config import CassandraConfig, build_cluster, load_queries, render_cql
 from streams.stores.codec import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes
@@ -313,8 +313,8 @@ class CassandraStore:
             vector = p.vector if self.native else vector_bytes(p.vector)
             yield "put_profile", (p.person_id, p.model_version, vector, *_COUNTS(p), p.updated_ms, p.write_ts)
         for link in batch.links:
-            yield "put_link", (link.anon_person_id, link.person_id, link.ts_ms, link.ts_ms * 1000)
-            yield "put_link_rev", (link.person_id, link.anon_person_id, link.ts_ms, link.ts_ms * 1000)
+            yield "put_link", (link.anon_person_id, link.person_id, link.ts_ms, event_write_ts(link.ts_ms))
+            yield "put_link_rev", (link.person_id, link.anon_person_id, link.ts_ms, event_write_ts(link.ts_ms))
 
     async def write_batch(self, batch: StoreBatch) -> None:
         for p in batch.profiles:
@@ -368,8 +368,8 @@ class CassandraStore:
 
     # -- erasure ---------------------------------------------------------
     async def forget(self, person_id: str, erased_ms: int) -> ForgetReceipt:
-        """Delete at ``erased_ms * 1000`` (newer rows survive) and leave a marker with the retention TTL."""
-        ts = erased_ms * 1000
+        """Delete at ``erasure_write_ts(erased_ms)`` (newer rows survive) and leave a marker with the retention TTL."""
+        ts = erasure_write_ts(erased_ms)
         profiles, state, reverse, own = await asyncio.gather(
             self._all("get_profiles", (person_id,)),
             self._all("get_state", (person_id,)),
@@ -377,8 +377,8 @@ class CassandraStore:
             self._all("get_link", (person_id,)),
         )
         linked = await self._per_key("get_link", [r[0] for r in reverse])  # only links still pointing here
-        doomed = [r[0] for r in linked if r[1] == person_id and r[2] * 1000 <= ts]
-        doomed += [r[0] for r in own if r[2] * 1000 <= ts]
+        doomed = [r[0] for r in linked if r[1] == person_id and event_write_ts(r[2]) <= ts]
+        doomed += [r[0] for r in own if event_write_ts(r[2]) <= ts]
         ttl = self.cfg.erasure_retention_days * 86_400
         await self._run_many(
             [

@@ -14,8 +14,9 @@ Why it looks the way it does:
   excluded.write_ts >= table.write_ts``) and tombstone tables checked by every
   upsert, so the semantics match Cassandra's ``USING TIMESTAMP`` without a
   read-modify-write round trip in Python.  As in Cassandra a delete at ``T``
-  shadows writes with ``write_ts <= T``; ``write_ts`` is in microseconds (an
-  erasure at ``erased_ms`` deletes at ``erased_ms * 1000``).
+  shadows writes with ``write_ts <= T``; ``write_ts`` is content-derived
+  (``schemas.sequence``: newest event ms * 2**20 + window weights) and an
+  erasure at ``erased_ms`` deletes at ``erasure_write_ts(erased_ms)``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import orjson
 
-from schemas.sequence import ErasureMarker, PersonState, Profile
+from schemas.sequence import ErasureMarker, PersonState, Profile, erasure_write_ts
 from schemas.settings import Settings
 from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
 from streams.stores.codec import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes, vector_from_bytes
@@ -93,7 +94,7 @@ ON CONFLICT (person_id, model_version) DO UPDATE SET vector = excluded.vector,
 WHERE excluded.write_ts >= profiles.write_ts"""
 _UPSERT_LINK = """
 INSERT INTO identity_links (anon_person_id, person_id, ts_ms) SELECT ?1, ?2, ?3
-WHERE NOT EXISTS (SELECT 1 FROM link_tombstones WHERE anon_person_id = ?1 AND delete_ts >= ?3 * 1000)
+WHERE NOT EXISTS (SELECT 1 FROM link_tombstones WHERE anon_person_id = ?1 AND delete_ts >= ?3 * 1048576)
 ON CONFLICT (anon_person_id) DO UPDATE SET person_id = excluded.person_id, ts_ms = excluded.ts_ms
 WHERE excluded.ts_ms >= identity_links.ts_ms"""
 _TOMBSTONE_PERSON = """
@@ -114,7 +115,7 @@ _SQL = {
     "states_after": f"SELECT {_SEQ_COLS} FROM sequences WHERE person_id > ? ORDER BY person_id LIMIT ?",
     "count_profiles": "SELECT count(*) FROM profiles WHERE model_version = ?",
     "links_of": "SELECT anon_person_id FROM identity_links WHERE (person_id = ?1 OR anon_person_id = ?1) "
-    "AND ts_ms * 1000 <= ?2",
+    "AND ts_ms * 1048576 <= ?2",  # event_write_ts(ts_ms) <= the erasure's timestamp
 }
 _UPSERT_ERASURE = """
 INSERT INTO erasures (person_id, erased_ms, expires_ms) VALUES (?, ?, ?) ON CONFLICT (person_id)
@@ -360,7 +361,7 @@ def _write(conn: sqlite3.Connection, states: Rows, profiles: Rows, links: Rows, 
 
 
 def _forget(conn: sqlite3.Connection, person_id: str, erased_ms: int, expires_ms: int) -> ForgetReceipt:
-    ts = erased_ms * 1000
+    ts = erasure_write_ts(erased_ms)
     with _transaction(conn):
         profiles = conn.execute("DELETE FROM profiles WHERE person_id = ? AND write_ts <= ?", (person_id, ts))
         sequence = conn.execute(

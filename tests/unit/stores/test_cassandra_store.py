@@ -12,7 +12,7 @@ import pytest
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster
 
-from schemas.sequence import IdentityLinkRecord
+from schemas.sequence import IdentityLinkRecord, erasure_write_ts, event_write_ts
 from streams.stores.base import StoreBatch, StoreError, StoreUnavailable
 from streams.stores.cassandra import CassandraStore
 from streams.stores.factory import open_store
@@ -61,12 +61,12 @@ def test_writes_carry_the_data_timestamp(fake_env: StoreEnv) -> None:
             q(
                 f"SELECT writetime(person_id) FROM {ks}.identity_links WHERE anon_person_id = 'anon:web:x'"
             ).one()[0]
-            == 999_000
+            == event_write_ts(999)
         )
         row = q(
             f"SELECT writetime(erased_ms), ttl(erased_ms) FROM {ks}.erasures WHERE person_id = 'bob'"
         ).one()
-        assert row[0] == 5_000_000 and 29 * 86_400 < row[1] <= 30 * 86_400
+        assert row[0] == erasure_write_ts(5_000) and 29 * 86_400 < row[1] <= 30 * 86_400
     finally:
         cluster.shutdown()
 

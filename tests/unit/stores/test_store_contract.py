@@ -15,7 +15,7 @@ from streams.stores.base import StoreBatch
 from .conftest import StoreEnv
 from .records import assert_profile_equal, assert_state_equal, profile, state, unit
 
-US = 1000  # write timestamps are microseconds: erased_ms * US is the erasure's delete timestamp
+US = 1 << 20  # write-timestamp units per event millisecond (schemas.sequence.TS_SHIFT)
 
 
 def pid() -> str:
