@@ -97,7 +97,7 @@ def bench_settings(broker_url: str, work: Path, **overrides: Any) -> Settings:
         "models_topic": f"{tid}.interest.models", "person_topic": f"{tid}.interest.by_person",
         "app_id": f"rolling-{tid}", "store_url": f"sqlite:///{work}/profiles.db", "registry": str(work / "registry"),
         "data_dir": str(work / "data"), "session_timeout_s": 6.0, "heartbeat_interval_s": 1.0, "web_port": 0,
-        "batch_wait_ms": 50, "seq_len": 999,
+        "batch_wait_ms": 50, "seq_len": 50,
     }
     base.update(overrides)
     return Settings(**base)

@@ -16,7 +16,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from interest import bench_cmd, model_cmd, ops_cmd, query_cmd, store_cmd, worker_cmd
+from interest import bench_cmd, model_cmd, ops_cmd, query_cmd, store_cmd, ui, worker_cmd
 from interest.common import first_line, settings_or_exit, user_error
 
 app = typer.Typer(
@@ -173,7 +173,7 @@ def produce(
 
 for _register in (worker_cmd.register, worker_cmd.register_demo, query_cmd.register, ops_cmd.register,
                   store_cmd.register,
-                  model_cmd.register, bench_cmd.register):
+                  model_cmd.register, ui.register, bench_cmd.register):
     _register(app)
 
 

@@ -108,16 +108,20 @@ def run_demo(settings: Settings, seconds: float, rate: float, users: int, items:
         log = open(data / "worker.log", "ab")  # noqa: SIM115
         worker = subprocess.Popen([sys.executable, "-m", "interest.cli", "worker"], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
+        ui_port = free_port()  # the live page; it opens the store once the worker has created it
+        page = subprocess.Popen([sys.executable, "-m", "interest.cli", "ui", "--port", str(ui_port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
         try:
-            _live(settings, worker, port, version, seconds, rate, users, items, seed)
+            _live(settings, worker, port, version, seconds, rate, users, items, seed, ui_port)
         finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+            for proc in (page, worker):
+                proc.terminate()
+                proc.wait(timeout=60)
             log.close()
 
 
 def _live(settings: Settings, worker: subprocess.Popen[bytes], port: int, version: str, seconds: float,
-          rate: float, users: int, items: int, seed: int) -> None:
+          rate: float, users: int, items: int, seed: int, ui_port: int) -> None:
     say(f"worker: starting (logs in {settings.data_dir}/worker.log, metrics on http://127.0.0.1:{port}/metrics)")
     deadline = time.monotonic() + 120
     while (_get(port, "/ready") or {}).get("ready") is not True:
@@ -135,6 +139,7 @@ def _live(settings: Settings, worker: subprocess.Popen[bytes], port: int, versio
     )
     producer.start()
     say(f"traffic: {total} events at {rate:.0f}/s from {users} people on {len(traffic.platforms)} platforms")
+    say(f"live page: http://127.0.0.1:{ui_port}/?person={watch[0]} (a person's events, recommendations, why)")
     say(f"{'t':>4} {'events/s':>9} {'batch':>6} {'fresh p50':>10} {'fresh p99':>10} {'people':>7}  model")
     started = time.monotonic()
     last_events, last_t = 0, started

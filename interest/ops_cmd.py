@@ -17,21 +17,36 @@ def forget(
     person: str,
     broker: Annotated[bool, typer.Option(help="Also tell the owning worker via the person topic")] = True,
 ) -> None:
-    """Erase a person: every version's profile, the sequence, identity links; prints a receipt."""
+    """Erase a person: every version's profile, the sequence, identity links; prints a receipt.
+
+    Exits 0 only when the store erased the person and (unless --no-broker) the owning
+    worker was told; otherwise the receipt still prints, then one ``error:`` line and exit 1.
+    """
     settings = settings_or_exit()
-    erased_ms = int(time.time() * 1000)
-    receipt = asyncio.run(_with_store(settings, lambda store: store.forget(person, erased_ms)))
+
+    async def run(store: Any) -> Any:
+        # The erasure covers every stored event, also those dated ahead of this machine's clock.
+        state = (await store.load_states([person])).get(person)
+        erased_ms = max(int(time.time() * 1000), state.last_ts_ms if state is not None else 0)
+        return await store.forget(person, erased_ms)
+
+    receipt = asyncio.run(_with_store(settings, run))
     notified = False
     if broker:
         from interest.ops import notify_forget
 
-        notified = notify_forget(settings, person, erased_ms)
+        notified = notify_forget(settings, person, receipt.erased_ms)
     typer.echo(json.dumps({
         "receipt": "erasure", "person_id": receipt.person_id, "erased_at": _iso(receipt.erased_ms),
         "profiles_deleted": receipt.profiles_deleted, "sequence_deleted": receipt.sequence_deleted,
         "links_deleted": receipt.links_deleted, "workers_notified": notified,
         "retention_days": settings.erasure_retention_days,
     }))
+    if broker and not notified:
+        typer.echo("error: erased in the store, but the owning worker could not be told over the person topic "
+                   f"({settings.person_topic}); run `interest forget {person}` again once the broker answers",
+                   err=True)
+        raise typer.Exit(1)
 
 
 def dlq_replay(

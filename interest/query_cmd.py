@@ -149,6 +149,53 @@ def similar(
         typer.echo(f"{rank:>3}. {other}  {score:.4f}")
 
 
+def explain(
+    person: str,
+    item: Annotated[str | None, typer.Option(help="Item to explain (default: the top recommendation)")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
+    top: Annotated[int, typer.Option("-n", help="Events to show")] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Which of a person's events drive a recommendation (leave-one-out occlusion through the encoder)."""
+    from model.explain import explain as explain_events
+    from model.runtime import EncoderRuntime
+
+    settings = settings_or_exit()
+    ver = _version(settings, version)
+    runtime = EncoderRuntime.load(settings.registry, ver, settings.use_gpu)
+
+    async def run(store: Any) -> Any:
+        return (await store.load_states([person])).get(person)
+
+    state = asyncio.run(_with_store(settings, run))
+    if state is None or not state.events:
+        typer.echo(f"no events stored for {person!r}", err=True)
+        raise typer.Exit(1)
+    if item is None:
+        vector = runtime.encode([state.events])[0]
+        seen = {e.item_id for e in state.events}
+        best = top_items(vector, runtime.item_ids, runtime.item_matrix, seen, 1)
+        item = best[0][0] if best else None
+    started = time.perf_counter()
+    result = explain_events(runtime, state.events, item=item)
+    took_ms = (time.perf_counter() - started) * 1000
+    ranked = result.ranked()[:top]
+    if as_json:
+        typer.echo(json.dumps({"person_id": person, "model_version": ver, "target": result.target,
+                               "method": "occlusion", "base_score": result.base_score, "ms": round(took_ms, 2),
+                               "events": [{"event_id": a.event.event_id, "time": _iso(a.event.ts_ms),
+                                           "platform": a.event.platform, "action": a.event.action,
+                                           "item_id": a.event.item_id, "score": a.score} for a in ranked]}))
+        return
+    typer.echo(f"why {result.target} for {person} (score {result.base_score:.4f}, model {ver}, "
+               f"{len(result.events)} events, {took_ms:.0f} ms): what leaving each event out costs")
+    peak = max((abs(a.score) for a in ranked), default=0.0) or 1.0
+    for a in ranked:
+        bar = "#" * max(1, round(20 * abs(a.score) / peak))
+        typer.echo(f"  {a.score:+.4f} {bar:<20} {_iso(a.event.ts_ms)} {a.event.platform:<5} {a.event.action:<8} "
+                   f"{a.event.item_id}")
+
+
 def register(app: typer.Typer) -> None:
-    for command in (profile, recommend, similar):
+    for command in (profile, recommend, similar, explain):
         app.command()(command)

@@ -27,6 +27,13 @@ from schemas.events import ACTION_WEIGHTS, CanonicalEvent, anon_person_id
 from schemas.sequence import ACTIONS
 
 MAX_ID_BYTES = 1024
+# An event's attributes (page, referrer, ...) serialised may not exceed this: every record then stays far below the
+# person topic's envelope budget (``schemas.records.ENVELOPE_MAX_BYTES``), so no single event can make a message
+# the producer refuses; a larger one is rejected to the DLQ (never truncated: half a referrer is a wrong one).
+MAX_ATTRIBUTES_BYTES = 16 * 1024
+# Nesting depth of one attribute value: orjson parses 1024 levels but writes only 254, and a record sits four
+# levels down in an envelope, so a deep value that parsed fine would make every later encode of its batch fail.
+MAX_ATTRIBUTE_DEPTH = 32
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: anything older is a unit mistake or garbage
 MAX_FUTURE_MS = 24 * 3600 * 1000
 _UNIT_TO_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001}
@@ -52,6 +59,28 @@ def _get(obj: dict[str, Any], path: tuple[str, ...] | None) -> Any:
         if cur is _MISSING:
             return _MISSING
     return cur
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value (a scalar is 0, ``{}`` is 1), counted level by level up to ``limit + 1``.
+
+    Iterative on purpose: a recursive walk of untrusted input is itself a recursion-limit risk.
+    """
+    depth, level = 0, [value]
+    while depth <= limit:
+        children: list[Any] = []
+        containers = False
+        for item in level:
+            if isinstance(item, dict):
+                children.extend(item.values())
+                containers = True
+            elif isinstance(item, list):
+                children.extend(item)
+                containers = True
+        if not containers:
+            return depth
+        depth, level = depth + 1, children
+    return depth
 
 
 class _Invalid(Exception):
@@ -204,6 +233,27 @@ class PlatformAdapter:
             raise _Invalid(f"negative_{what}", f"{what} {value} is negative (platform {self.platform})")
         return float(value)
 
+    def _check_attributes(self, attributes: dict[str, Any]) -> None:
+        """Bound what an event carries through the person topic: depth, then serialised size."""
+        try:
+            size = len(orjson.dumps(attributes))
+        except TypeError:  # orjson.JSONEncodeError: nested deeper than orjson writes
+            size = -1
+        for name, value in attributes.items():
+            if isinstance(value, dict | list) and _depth(value, MAX_ATTRIBUTE_DEPTH) > MAX_ATTRIBUTE_DEPTH:
+                raise _Invalid("attributes_too_deep", f"attribute '{name}' is nested more than {MAX_ATTRIBUTE_DEPTH}"
+                                                      f" levels deep (platform {self.platform})")
+        if size < 0:
+            raise _Invalid("bad_attributes", f"attributes cannot be serialised (platform {self.platform})")
+        if size > MAX_ATTRIBUTES_BYTES:
+            sizes = {name: len(orjson.dumps(value)) for name, value in attributes.items()}
+            largest = max(sizes, key=sizes.__getitem__)
+            raise _Invalid(
+                "attributes_too_large",
+                f"attributes are {size} bytes serialised, over the {MAX_ATTRIBUTES_BYTES}-byte limit "
+                f"(platform {self.platform}; largest: '{largest}', {sizes[largest]} bytes)",
+            )
+
     def to_canonical(self, obj: dict[str, Any], topic_action: str | None, now_ms: int) -> CanonicalEvent:
         """Map one raw JSON object; raises ``_Invalid`` (caught by ``Normalizer``)."""
         person = self._id(obj, self.person_field, required=False)
@@ -245,6 +295,8 @@ class PlatformAdapter:
             value = obj.get(name)
             if value is not None:
                 attributes[name] = value
+        if attributes:
+            self._check_attributes(attributes)
         return CanonicalEvent(
             event_id=event_id,
             person_id=person_id,

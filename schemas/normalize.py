@@ -19,6 +19,7 @@ from schemas.events import CanonicalEvent, IdentityLink, Rejected
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_ENVELOPE_EVENTS = 10_000
+MAX_JSON_DEPTH = 1024  # orjson's own parse limit; deeper input is rejected as ``too_deep``
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,38 @@ def decode_json(raw: bytes | None) -> Any | Rejected:
             return Rejected("not_utf8", f"not UTF-8: invalid byte 0x{bad:02x} at position {uexc.start}")
         if not raw.strip():
             return Rejected("empty", "message is only whitespace")
+        if "depth limit" in str(exc) or "ecursion" in str(exc):  # orjson refuses nesting deeper than 1024
+            return Rejected("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels: {exc}")
         return Rejected("not_json", f"not JSON: {exc}")
+
+
+class _Rejections:
+    """An envelope's rejected elements, each with the bytes the DLQ keeps of it: its own JSON.
+
+    orjson reads 1024 levels but writes only 254: an element too deep to write
+    again is dead-lettered as the whole message instead of raising (which would
+    cost the good elements).  The whole message is kept once; later such
+    elements point at that record, so a message of 2,000 deep elements cannot
+    become 2,000 copies of itself.
+    """
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.items: list[tuple[Rejected, bytes]] = []
+        self.whole_at: int | None = None
+
+    def add(self, why: Rejected, value: Any) -> None:
+        try:
+            self.items.append((why, orjson.dumps(value)))
+            return
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+        if self.whole_at is None:
+            self.whole_at = why.index
+            self.items.append((why, self.raw))
+        else:
+            note = f"{why.message} (too deep to write alone; the message is in the record of events[{self.whole_at}])"
+            self.items.append((Rejected(why.reason, note, why.index), b""))
 
 
 def _kind(value: Any) -> str:
@@ -99,18 +131,17 @@ class Normalizer:
             return Decoded([], [(why, raw)])
         shared = {k: v for k, v in value.items() if k != "events"}
         events: list[CanonicalEvent] = []
-        rejected: list[tuple[Rejected, bytes]] = []
+        rejected = _Rejections(raw)
         for index, item in enumerate(items):
             if not isinstance(item, dict):
-                why = Rejected("not_object", f"expected a JSON object, got {_kind(item)}", index)
-                rejected.append((why, orjson.dumps(item)))
+                rejected.add(Rejected("not_object", f"expected a JSON object, got {_kind(item)}", index), item)
                 continue
             merged = {**shared, **item} if shared else item
             try:
                 events.append(adapter.to_canonical(merged, topic_action, now))
             except _Invalid as exc:
-                rejected.append((Rejected(exc.reason, exc.message, index), orjson.dumps(merged)))
-        return Decoded(events, rejected)
+                rejected.add(Rejected(exc.reason, exc.message, index), merged)
+        return Decoded(events, rejected.items)
 
 
 def decode_link(raw: bytes | None, platforms: set[str]) -> IdentityLink | Rejected:

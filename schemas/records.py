@@ -56,6 +56,12 @@ Send = Callable[[Sequence[OutMessage]], Awaitable[None]]
 # Largest envelope in records: ~200 bytes each keeps one message far below the
 # producer's 1 MB max_request_size however large the raw messages' envelopes are.
 ENVELOPE_MAX_RECORDS = 500
+# Largest envelope in bytes: records carry platform attributes (up to
+# ``schemas.adapters.MAX_ATTRIBUTES_BYTES`` each), so a count cap alone can
+# exceed Faust's producer_max_request_size (1,000,000) and the send could never
+# succeed.  Half of that leaves room for headers and batch overhead.
+ENVELOPE_MAX_BYTES = 512 * 1024
+_ENVELOPE_OVERHEAD = len(b'{"r":[]}')
 
 _EVENT, _LINK, _FORGET = "e", "l", "f"
 
@@ -132,14 +138,40 @@ def group_by_partition(records: Iterable[PersonRecord], partitions: int) -> dict
     return out
 
 
-def envelopes(records: Sequence[PersonRecord], partitions: int,
-              max_records: int = ENVELOPE_MAX_RECORDS) -> Iterator[tuple[int, bytes]]:
-    """(partition, envelope) pairs for ``records``, each envelope at most ``max_records`` long.
+def envelopes(records: Sequence[PersonRecord], partitions: int, max_records: int = ENVELOPE_MAX_RECORDS,
+              max_bytes: int = ENVELOPE_MAX_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(partition, envelope) pairs for ``records``: at most ``max_records`` long and ``max_bytes`` large.
 
-    Why a cap: a batch of raw envelopes can hold 100k events; one person-topic
-    message per partition would exceed the broker's message size and could
-    never be sent.
+    Why both caps: a batch of raw envelopes can hold 100k events, and records
+    carry attributes of up to 16 KiB; one person-topic message per partition,
+    or 500 large records in one, would exceed the producer's request size and
+    could never be sent.  Order within a partition is kept.  The one exception
+    to ``max_bytes``: a record that alone exceeds it is yielded alone (it cannot
+    be split); callers check ``len(envelope) > max_bytes`` for that case.
     """
     for part, group in group_by_partition(records, partitions).items():
         for start in range(0, len(group), max_records):
-            yield part, encode_envelope(group[start : start + max_records])
+            chunk = group[start : start + max_records]
+            env = encode_envelope(chunk)
+            if len(env) <= max_bytes:  # the common case: encoded once, as before
+                yield part, env
+            else:
+                for packed in _pack(chunk, max_bytes):
+                    yield part, packed
+
+
+def _pack(records: Sequence[PersonRecord], max_bytes: int) -> Iterator[bytes]:
+    """Envelopes of consecutive ``records``, each as full as ``max_bytes`` allows (byte-identical to
+    ``encode_envelope``: orjson writes no whitespace, so an envelope is its records joined by commas)."""
+    parts: list[bytes] = []
+    size = _ENVELOPE_OVERHEAD
+    for record in records:
+        item = orjson.dumps(_to_wire(record))
+        extra = len(item) + (1 if parts else 0)
+        if parts and size + extra > max_bytes:
+            yield b'{"r":[' + b",".join(parts) + b"]}"
+            parts, size, extra = [], _ENVELOPE_OVERHEAD, len(item)
+        parts.append(item)
+        size += extra
+    if parts:
+        yield b'{"r":[' + b",".join(parts) + b"]}"

@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(3, ge=0, le=100, description="Retries of a failing batch before DLQ")
     retry_backoff_ms: int = Field(200, ge=1)
     retry_backoff_max_ms: int = Field(10_000, ge=1)
+    stop_grace_s: float = Field(
+        20.0, gt=0, le=3600,
+        description="After SIGTERM, how long a failing store or broker call is retried before the worker exits "
+        "without committing (keep it below the pod's termination grace period)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("platforms", "topics", mode="before")

@@ -26,10 +26,10 @@ from schemas.adapters import load_adapters
 from schemas.normalize import Normalizer
 from schemas.settings import Settings
 from streams import faust_tuning, metrics
-from streams.backoff import Backoff, retry_forever
+from streams.backoff import retry_forever
 from streams.model_holder import ModelHolder
 from streams.model_watch import watch_models
-from streams.stages import IngestStage, KafkaSender, UpdateStage
+from streams.stages import IngestStage, KafkaSender, UpdateStage, stage_backoff
 from streams.stores.factory import open_store
 from streams.updater import ProfileUpdater
 from streams.worker_stats import WorkerStats
@@ -47,10 +47,11 @@ class Worker:
         self.model = ModelHolder(settings, lambda: self.store.vector_dim)
         self.stats = WorkerStats()
         send = KafkaSender(app)
-        self.updater = ProfileUpdater(self.store, self.model.current, send, settings)
-        self.ingest = IngestStage(settings, Normalizer(load_adapters()), send, self.stats)
-        self.update = UpdateStage(settings, self.updater, send, self.stats)
-        self.backoff = Backoff.from_ms(settings.retry_backoff_ms, settings.retry_backoff_max_ms)
+        self.updater = ProfileUpdater(self.store, self.model.current, send, settings, self.model.expected)
+        stopping = lambda: bool(app.should_stop)  # noqa: E731  (SIGTERM: see Backoff)
+        self.ingest = IngestStage(settings, Normalizer(load_adapters()), send, self.stats, stopping)
+        self.update = UpdateStage(settings, self.updater, send, self.stats, stopping)
+        self.backoff = stage_backoff(settings, stopping)
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -62,6 +63,15 @@ class Worker:
         else:
             await self.store.open()
         self.ready.set()
+
+    def not_ready_reason(self) -> str | None:
+        if not self.ready.is_set():
+            return "starting: store or model not open yet"
+        if self.model.current() is None and self.model.expected():
+            return "a model version is promoted but none is loaded"
+        if self.stats.holding is not None:
+            return f"holding the person partitions: {self.stats.holding}"
+        return None
 
     def update_lag(self) -> None:
         consumer = self.app.consumer
@@ -108,6 +118,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     @app.timer(interval=5.0)
     async def lag_gauge() -> None:
         try:
+            # Same condition as /ready: the not-ready alert must agree with what a rollout sees.
+            metrics.READY.set(1 if ctx.not_ready_reason() is None and not app.rebalancing else 0)
             ctx.update_lag()
         except Exception:  # metrics must never kill the worker
             log.debug("lag gauge failed", exc_info=True)
@@ -127,8 +139,13 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
-        ok = ctx.ready.is_set() and not app.rebalancing
-        body = {"ready": ok, "model_version": ctx.model.version}
+        # Not ready while a promoted model is not loaded (it would write states without vectors), nor
+        # while a batch is held on an outage: a rollout must not count such a pod as healthy.
+        why = ctx.not_ready_reason()
+        ok = why is None and not app.rebalancing
+        body: dict[str, Any] = {"ready": ok, "model_version": ctx.model.version}
+        if why is not None:
+            body["reason"] = why
         return web.json(body, status=200 if ok else 503)
 
     @app.page("/stats")

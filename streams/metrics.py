@@ -36,6 +36,9 @@ FRESHNESS = Histogram(
 STORE_RETRIES = Counter("interest_store_unavailable_total", "Batches retried because the store was down")
 BATCH_FAILURES = Counter("interest_batch_failures_total", "Batches that failed with a non-transient error")
 LAG = Gauge("interest_consumer_lag", "Messages behind the high-water mark", ["topic", "partition"])
+# 1 when /ready would answer 200, else 0; an alert on /ready needs a series (kube-state-metrics is not
+# there in compose). Starts at 0: a worker that never becomes ready shows as not ready.
+READY = Gauge("interest_ready", "1 when the worker is ready (/ready 200), 0 when not")
 MODEL_INFO = Info("interest_model", "Model version in use")
 MODEL_REFUSED = Counter("interest_model_refused_total", "Model versions refused by the checks", ["reason"])
 MODEL_SWAPS = Counter("interest_model_swaps_total", "Model versions swapped in (start-up, promote, rollback)")

@@ -54,6 +54,18 @@ class ModelHolder:
     def current(self) -> Any:
         return self._runtime
 
+    def expected(self) -> bool:
+        """Whether a model should be serving: a version is pinned or the registry has a promoted one.
+
+        While one is expected and none is loaded, the worker holds its person partitions rather
+        than write states without profiles (a vector would then lag its state until the person's
+        next event).
+        """
+        try:
+            return self._wanted()[0] is not None
+        except Exception:  # an unreadable registry: a model is meant to be there
+            return True
+
     @property
     def version(self) -> str | None:
         return None if self._runtime is None else str(self._runtime.version)

@@ -2,8 +2,9 @@
 
 Stage 1, ingest: raw platform bytes from every ``events.<platform>.<action>``
 topic and ``identity.links`` -> person-topic records re-keyed by their owner
-(one envelope per person partition, at most 500 records each); bad input ->
-dead letters.  Decoding is a pure function of the bytes.
+(envelopes per person partition, at most 500 records and 512 KiB each); bad
+input -> dead letters.  Decoding is a pure function of the bytes.  A message
+too large to send is split, dead-lettered or cut, never retried (``deliver``).
 
 Stage 2, update: person-topic envelopes (this worker owns their partitions)
 -> ``ProfileUpdater`` -> the store.  A store that is unavailable is retried
@@ -22,14 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+from kafka.errors import MessageSizeTooLargeError as KafkaPythonMessageSizeTooLarge
 
 from schemas.events import Rejected
 from schemas.normalize import Normalizer, decode_link
 from schemas.records import (
+    ENVELOPE_MAX_BYTES,
     OutMessage,
     PersonRecord,
     Send,
@@ -42,7 +47,7 @@ from schemas.settings import Settings
 from schemas.topics import topic_platform_action
 from streams import faults, metrics
 from streams.backoff import Backoff, retry_forever
-from streams.dlq import dlq_headers
+from streams.dlq import DLQ_MAX_BYTES, dlq_headers, fit, fit_key
 from streams.stores.base import StoreUnavailable
 from streams.updater import BatchReport, ProfileUpdater
 from streams.worker_stats import WorkerStats
@@ -79,36 +84,157 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class Outbox:
-    """What one batch will send: envelopes by person partition and dead letters."""
+    """What one batch will send: envelopes by person partition and dead letters, each within a byte budget
+    (a message over the producer's request size fails the same way on every retry)."""
 
     person_topic: str
     partitions: int
     dlq_topic: str
     messages: list[OutMessage] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    envelope_max_bytes: int = ENVELOPE_MAX_BYTES
+    dlq_max_bytes: int = DLQ_MAX_BYTES
 
     def add_records(self, records: Sequence[PersonRecord]) -> None:
-        for part, env in envelopes(records, self.partitions):
-            self.messages.append(OutMessage(self.person_topic, env, partition=part))
+        for part, env in envelopes(records, self.partitions, max_bytes=self.envelope_max_bytes):
+            if len(env) > self.envelope_max_bytes:  # one record alone over the budget: cannot be split
+                self.add_dead(DeadLetter(env, Source(self.person_topic, part, -1), "record_too_large",
+                                         f"person-topic record is {len(env)} bytes, over the "
+                                         f"{self.envelope_max_bytes}-byte envelope budget"))
+            else:
+                self.messages.append(OutMessage(self.person_topic, env, partition=part))
 
     def add_dead(self, letter: DeadLetter) -> None:
         self.dead.append(letter)
+        self.messages.append(self._dead_message(letter))
+
+    def _dead_message(self, letter: DeadLetter) -> OutMessage:
+        """The DLQ record of ``letter``: a raw value or key over budget is cut and named by headers (streams.dlq)."""
         src = letter.source
         headers = dlq_headers(src.topic, src.partition, src.offset, letter.reason, letter.message, letter.index)
-        self.messages.append(OutMessage(self.dlq_topic, letter.raw, key=src.key, headers=headers))
+        raw, headers = fit(letter.raw, self.dlq_max_bytes, headers)
+        key, headers = fit_key(src.key, headers)
+        return OutMessage(self.dlq_topic, raw, key=key, headers=headers)
+
+    def shrink(self, msg: OutMessage, why: Exception) -> list[OutMessage]:
+        """What to send instead of ``msg``, which the producer refused as too large (``why``).
+
+        An envelope of several records becomes two halves on the same partition;
+        a lone record becomes a dead letter; a DLQ record keeps half its value
+        (then loses its key); an empty, keyless one still refused is given up with
+        an error log.  Every step is smaller, so repeated shrinking ends.
+        """
+        if msg.topic == self.dlq_topic:
+            if msg.value:
+                value, headers = fit(msg.value, len(msg.value) // 2, list(msg.headers or []))
+                return [OutMessage(msg.topic, value, msg.key, msg.partition, headers)]
+            if msg.key is not None:
+                key, headers = fit_key(msg.key, list(msg.headers or []), limit=-1)
+                return [OutMessage(msg.topic, msg.value, key, msg.partition, headers)]
+            log.error("dropping a DLQ record the producer refuses even empty (%s): headers %s", why, msg.headers)
+            return []
+        if msg.topic == self.person_topic:
+            records = decode_envelope(msg.value)
+            if len(records) > 1:
+                mid = len(records) // 2
+                return [OutMessage(msg.topic, encode_envelope(half), partition=msg.partition)
+                        for half in (records[:mid], records[mid:])]
+        reason = "record_too_large" if msg.topic == self.person_topic else "message_too_large"
+        part = -1 if msg.partition is None else msg.partition
+        letter = DeadLetter(msg.value, Source(msg.topic, part, -1, msg.key), reason,
+                            f"a {len(msg.value)}-byte message to {msg.topic} was refused by the producer: {why}")
+        self.dead.append(letter)
+        return [self._dead_message(letter)]
+
+
+class NotAcked(Exception):
+    """A failed send; ``acked``: indexes of its messages the broker did acknowledge (``__cause__``: why).  The size
+    fallback resends only the others: resending all would put every dead letter of the batch in the DLQ twice."""
+
+    def __init__(self, error: Exception, acked: frozenset[int]) -> None:
+        super().__init__(str(error))
+        self.acked = acked
 
 
 class KafkaSender:
-    """Sends through a Faust app's producer and waits for every acknowledgement."""
+    """Sends through a Faust app's producer and waits for every acknowledgement.
+
+    On failure it still waits for what it handed to the producer (no ack left
+    unobserved), then raises ``NotAcked`` from one error, a size error first.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, messages: Sequence[OutMessage]) -> None:
         producer = self.app.producer
-        futures = [await producer.send(m.topic, m.key, m.value, m.partition, None, m.headers) for m in messages]
+        futures: list[Any] = []
+        errors: list[Exception] = []
+        acked: set[int] = set()
+        for m in messages:
+            try:
+                futures.append(await producer.send(m.topic, m.key, m.value, m.partition, None, m.headers))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # not queued (aiokafka checks max_request_size here); the rest would fail alike
+                errors.append(exc)
+                break
         if futures:
-            await asyncio.gather(*futures)
+            results = await asyncio.gather(*futures, return_exceptions=True)  # our own cancellation still raises
+            for index, result in enumerate(results):
+                if isinstance(result, Exception):
+                    errors.append(result)
+                elif isinstance(result, BaseException):  # an ack future cancelled by the producer: not sent
+                    errors.append(RuntimeError(f"the producer cancelled a send: {result!r}"))
+                else:
+                    acked.add(index)
+        if errors:
+            error = next((e for e in errors if too_large(e)), errors[0])
+            raise NotAcked(error, frozenset(acked)) from error
+
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, KafkaPythonMessageSizeTooLarge)
+
+
+def too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps: Faust raises ``ProducerSendError`` from aiokafka's error) says a message
+    is larger than the producer or the broker accepts: retrying the same bytes can never succeed."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, _TOO_LARGE):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+async def deliver(outbox: Outbox, send: Send, backoff: Backoff, what: str) -> None:
+    """Send everything ``outbox`` holds; return once all of it was acknowledged.
+
+    Transient failures are retried forever (the partition holds).  A size
+    error cannot be retried away, and it does not say which message was too
+    large (the broker fails a whole producer batch), so the messages go one
+    at a time (but those already acknowledged); each one refused for its size
+    is replaced by ``Outbox.shrink`` (halves, or a dead letter) until
+    everything is sent.
+    """
+    try:
+        await retry_forever(what, backoff, send, outbox.messages, fatal=too_large)
+        return
+    except Exception as exc:  # only a size error gets here
+        log.warning("%s: a message is too large (%s); sending one at a time", what, exc)
+        done = exc.acked if isinstance(exc, NotAcked) else frozenset()
+    pending = deque(m for i, m in enumerate(outbox.messages) if i not in done)
+    while pending:
+        msg = pending.popleft()
+        try:
+            await retry_forever(what, backoff, send, [msg], fatal=too_large)
+        except Exception as exc:
+            replacements = outbox.shrink(msg, exc)
+            log.warning("%s: %d-byte message to %s refused as too large; sending %d smaller instead",
+                        what, len(msg.value), msg.topic, len(replacements))
+            pending.extendleft(reversed(replacements))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +252,19 @@ def raw_batch(events: Any) -> list[RawMessage]:
     return out
 
 
+def stage_backoff(settings: Settings, stopping: Callable[[], bool]) -> Backoff:
+    return Backoff.from_ms(settings.retry_backoff_ms, settings.retry_backoff_max_ms, stopping, settings.stop_grace_s)
+
+
 class IngestStage:
-    def __init__(self, settings: Settings, normalizer: Normalizer, send: Send, stats: WorkerStats) -> None:
+    def __init__(self, settings: Settings, normalizer: Normalizer, send: Send, stats: WorkerStats,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
         self.normalizer = normalizer
         self.platforms = set(normalizer.adapters)
         self.send = send
         self.stats = stats
-        self.backoff = Backoff.from_ms(settings.retry_backoff_ms, settings.retry_backoff_max_ms)
+        self.backoff = stage_backoff(settings, stopping)
 
     async def consume(self, stream: Any) -> None:
         """The Faust agent's loop: one ``run`` per batch; nothing escapes it."""
@@ -181,17 +312,20 @@ class IngestStage:
         for msg in batch:
             self.stats.positions[(msg.source.topic, msg.source.partition)] = msg.source.offset
         outbox = self.decode(batch)
+        decoded_dead = len(outbox.dead)
         self.stats.dead_lettered([d.reason for d in outbox.dead])
-        await retry_forever("ingest send", self.backoff, self.send, outbox.messages)
+        await deliver(outbox, self.send, self.backoff, "ingest send")
+        self.stats.dead_lettered([d.reason for d in outbox.dead[decoded_dead:]])  # refused by the producer
         metrics.BATCH_SIZE.labels("ingest").observe(len(batch))
 
 class UpdateStage:
-    def __init__(self, settings: Settings, updater: ProfileUpdater, send: Send, stats: WorkerStats) -> None:
+    def __init__(self, settings: Settings, updater: ProfileUpdater, send: Send, stats: WorkerStats,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
         self.updater = updater
         self.send = send
         self.stats = stats
-        self.backoff = Backoff.from_ms(settings.retry_backoff_ms, settings.retry_backoff_max_ms)
+        self.backoff = stage_backoff(settings, stopping)
 
     async def consume(self, stream: Any, app: Any) -> None:
         """The Faust agent's loop: one ``run`` per batch; nothing escapes it."""
@@ -234,10 +368,15 @@ class UpdateStage:
         attempt = 0
         for delay in self.backoff.delays():
             try:
-                return await self.updater.process(records)
+                report = await self.updater.process(records)
+                self.stats.holding = None
+                return report
             except StoreUnavailable as exc:
+                # Infrastructure (store, disk, broker, a model that should be loaded): never the DLQ.
                 metrics.STORE_RETRIES.inc()
-                log.warning("store unavailable, not committing, retrying in %.1fs: %s", delay, exc)
+                self.stats.holding = f"{type(exc).__name__}: {exc}"
+                delay = self.backoff.after_failure("the store write", exc, delay)
+                log.warning("%s, not committing, retrying in %.1fs: %s", type(exc).__name__, delay, exc)
             except Exception:
                 attempt += 1
                 metrics.BATCH_FAILURES.inc()
@@ -259,9 +398,9 @@ class UpdateStage:
                 try:
                     report = await self.updater.process(recs)
                     break
-                except StoreUnavailable:
+                except StoreUnavailable as exc:
                     metrics.STORE_RETRIES.inc()
-                    await asyncio.sleep(self.backoff.max_s)
+                    await asyncio.sleep(self.backoff.after_failure("the store write", exc, self.backoff.max_s))
                 except Exception as exc:
                     outbox = self._outbox()
                     why = f"{type(exc).__name__}: {exc} (person {person})"

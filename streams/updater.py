@@ -45,7 +45,7 @@ from schemas.records import (
 from schemas.sequence import IdentityLinkRecord, PersonState, Profile, SeqEvent, window_write_ts
 from schemas.settings import Settings
 from streams.faults import crash_point, fail_if_poisoned
-from streams.stores.base import ProfileStore, StoreBatch
+from streams.stores.base import ProfileStore, StoreBatch, StoreUnavailable
 
 ByPerson = dict[str, list[PersonRecord]]
 
@@ -167,6 +167,18 @@ class _Work:
     erased: dict[str, int] = field(default_factory=dict)
 
 
+class ModelUnavailable(StoreUnavailable):
+    """No model is loaded although one is expected: transient, like a store outage (retried, never DLQ)."""
+
+
+class BrokerUnavailable(StoreUnavailable):
+    """Forwarding to the person topic failed: transient infrastructure, not bad data."""
+
+
+async def _no_states() -> dict[str, PersonState]:
+    return {}
+
+
 def _forwarded_event(event: SeqEvent, person_id: str, platform_user_id: str) -> CanonicalEvent:
     return CanonicalEvent(event.event_id, person_id, event.platform, platform_user_id, event.action,
                           event.item_id, event.ts_ms, event.weight)
@@ -186,15 +198,16 @@ class ProfileUpdater:
         encoder: Callable[[], Encoder | None],
         send: Send,
         settings: Settings,
+        model_expected: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.encoder = encoder
+        self.model_expected = model_expected
         self.send = send
         self.max_len = settings.seq_len
         self.person_topic = settings.person_topic
         self.partitions = settings.person_partitions
         self.caches: dict[int, dict[str, PersonState]] = {}
-        self.links: dict[int, dict[str, str]] = {}
         self.erased: dict[int, dict[str, int]] = {}
 
     def partition_of(self, person_id: str) -> int:
@@ -203,53 +216,44 @@ class ProfileUpdater:
     def drop_partitions(self, partitions: Sequence[int]) -> None:
         for part in partitions:
             self.caches.pop(part, None)
-            self.links.pop(part, None)
             self.erased.pop(part, None)
 
     def cached_people(self) -> int:
         return sum(len(c) for c in self.caches.values())
 
-    async def _resolve(self, anon_ids: list[str]) -> dict[str, str]:
-        """anon id -> person for linked devices (owner cache, else the store)."""
-        out: dict[str, str] = {}
-        missing = []
-        for anon in anon_ids:
-            person = self.links.get(self.partition_of(anon), {}).get(anon)
-            if person is None:
-                missing.append(anon)
-            else:
-                out[anon] = person
-        if missing:
-            found = await self.store.resolve_links(missing)
-            for anon, person in found.items():
-                self.links.setdefault(self.partition_of(anon), {})[anon] = person
-            out.update(found)
-        return out
-
     async def _states(self, people: list[str]) -> tuple[dict[str, PersonState], dict[str, int]]:
-        """Current states (copies) and erasure times of ``people``."""
+        """Current states (copies) and erasure times of ``people``.
+
+        Erasure markers are read from the store for every person of every batch,
+        cached or not: ``interest forget`` writes the store first and tells this
+        worker second, so a cached state may predate an erasure the store already
+        holds.  Such a cache entry is dropped and the state read again.
+        """
         states: dict[str, PersonState] = {}
-        erased: dict[str, int] = {}
-        missing = []
+        cached: dict[str, PersonState] = {}
         for person in people:
-            part = self.partition_of(person)
-            cached = self.caches.get(part, {}).get(person)
-            if cached is None:
-                missing.append(person)
-            else:
-                states[person] = copy_state(cached)
-            mark = self.erased.get(part, {}).get(person)
+            hit = self.caches.get(self.partition_of(person), {}).get(person)
+            if hit is not None:
+                cached[person] = hit
+        missing = [p for p in people if p not in cached]
+        marks, loaded = await asyncio.gather(
+            self.store.load_erasures(people),
+            self.store.load_states(missing) if missing else _no_states(),
+        )
+        erased = {p: m.erased_ms for p, m in marks.items()}
+        for person in people:
+            mark = self.erased.get(self.partition_of(person), {}).get(person)
             if mark is not None:
-                erased[person] = mark
-        if missing:
-            loaded, marks = await asyncio.gather(
-                self.store.load_states(missing), self.store.load_erasures(missing)
-            )
-            for person in missing:
-                states[person] = loaded.get(person) or PersonState(person_id=person)
-                marker = marks.get(person)
-                if marker is not None:
-                    erased[person] = marker.erased_ms
+                erased[person] = max(erased.get(person, 0), mark)
+        stale = [p for p, s in cached.items() if p in erased and s.events and s.events[0].ts_ms <= erased[p]]
+        if stale:
+            for person in stale:
+                self.caches.get(self.partition_of(person), {}).pop(person, None)
+                del cached[person]
+            loaded.update(await self.store.load_states(stale))
+        for person in people:
+            hit = cached.get(person)
+            states[person] = copy_state(hit) if hit is not None else loaded.get(person) or PersonState(person)
         return states, erased
 
     async def process(self, records: Sequence[PersonRecord], now_ms: int | None = None) -> BatchReport:
@@ -274,22 +278,33 @@ class ProfileUpdater:
         anon = [p for p in work.by_person if parse_anon_id(p) is not None]
         if not anon:
             return
-        linked = await self._resolve(anon)
+        # Read from the store every batch, never cached: an erasure deletes links, and the store keeps the
+        # newest link of a device (by link time), so the store alone says where a device's events go.
+        stored = await self.store.load_links(anon)
         forwards: list[CanonicalEvent] = []
         for anon_id in anon:
             recs = work.by_person[anon_id]
-            for rec in recs:
-                if isinstance(rec, IdentityLink):
-                    work.new_links[anon_id] = rec.person_id
-                    work.batch.links.append(IdentityLinkRecord(anon_id, rec.person_id, rec.ts_ms))
-                    work.report.links += 1
-            target = work.new_links.get(anon_id) or linked.get(anon_id)
+            links = [r for r in recs if isinstance(r, IdentityLink)]
+            for link in links:
+                work.batch.links.append(IdentityLinkRecord(anon_id, link.person_id, link.ts_ms))
+                work.report.links += 1
+            newest = max(links, key=lambda r: (r.ts_ms, r.person_id), default=None)
+            known = stored.get(anon_id)
+            if newest is not None and (known is None or (newest.ts_ms, newest.person_id) >= (known.ts_ms,
+                                                                                              known.person_id)):
+                target: str | None = newest.person_id
+                first_link = known is None
+            else:
+                target, first_link = (known.person_id if known else None), False
             if target is None:
                 continue
             forwards.extend(dataclasses.replace(r, person_id=target) for r in recs if isinstance(r, CanonicalEvent))
             del work.by_person[anon_id]
-            if anon_id in work.new_links:
-                # Move the device's stored history to the person, then delete it.
+            if first_link:
+                # A first link moves the device's stored history to the person, then deletes it.  A relink
+                # (a newer link to another person) redirects the device's later events only: what the device
+                # did before is part of the earlier person's history by then.
+                work.new_links[anon_id] = target
                 device = (parse_anon_id(anon_id) or ("", ""))[1]
                 states, _ = await self._states([anon_id])
                 old = states[anon_id]
@@ -297,8 +312,13 @@ class ProfileUpdater:
                 if old.write_ts or old.events:
                     work.batch.removed_states.append((anon_id, old.write_ts + 1))
         if forwards:
-            await self.send([OutMessage(self.person_topic, env, partition=part)
-                             for part, env in envelopes(forwards, self.partitions)])
+            try:
+                await self.send([OutMessage(self.person_topic, env, partition=part)
+                                 for part, env in envelopes(forwards, self.partitions)])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise BrokerUnavailable(f"forwarding {len(forwards)} linked records failed: {exc}") from exc
             work.report.forwarded = len(forwards)
 
     async def _merge(self, work: _Work) -> None:
@@ -328,9 +348,11 @@ class ProfileUpdater:
         """Step 3b: one runtime call, in a worker thread, for every changed person."""
         if not work.changed:
             return
-        work.batch.states.extend(work.changed)
         encoder = self.encoder()
-        if encoder is None:
+        if encoder is None and self.model_expected():
+            raise ModelUnavailable("a model version is promoted but none is loaded: holding the partition")
+        work.batch.states.extend(work.changed)
+        if encoder is None:  # no model at all yet: states now, vectors by `interest reencode` later
             return
         report = work.report
         started = time.perf_counter()
@@ -367,6 +389,5 @@ class ProfileUpdater:
             self.erased.setdefault(self.partition_of(person), {})[person] = mark
             if any(isinstance(r, ForgetRequest) for r in work.by_person.get(person, ())):
                 self.caches.get(self.partition_of(person), {}).pop(person, None)
-        for anon_id, person in work.new_links.items():
-            self.links.setdefault(self.partition_of(anon_id), {})[anon_id] = person
+        for anon_id in work.new_links:
             self.caches.get(self.partition_of(anon_id), {}).pop(anon_id, None)

@@ -24,6 +24,7 @@ class WorkerStats:
     last_batch: int = 0
     started: float = field(default_factory=time.time)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    holding: str | None = None  # why the update stage is retrying an outage right now
     freshness: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
 
     def dead_lettered(self, reasons: list[str]) -> None:

@@ -19,6 +19,7 @@ from schemas.sequence import PersonState
 from schemas.settings import Settings
 from streams.stores.base import state_pages
 from streams.stores.factory import opened_store
+from testkit.chaos import window_problems
 from testkit.helpers import wait_until
 from testkit.oracle import Expected
 
@@ -72,14 +73,8 @@ async def _compare(settings: Settings, version: str, oracle: dict[str, Expected]
         out.duplicates_applied += max(0, row.event_count - exp.count) + repeated
         stale = not np.allclose(row.vector, fresh[person], atol=1e-4)
         out.stale_vectors += stale
-        out.lost += row.event_count < exp.count or not set(exp.window(settings.seq_len)) <= set(ids)
-        problems = [name for name, bad in (
-            ("event_count", row.event_count != exp.count or state.event_count != exp.count),
-            ("sequence", ids != exp.window(settings.seq_len)),
-            ("platforms", set(row.platforms) != exp.platforms),
-            ("last_ts", row.last_ts_ms != exp.last_ts_ms),
-            ("vector", stale),
-        ) if bad]
+        out.lost += not set(exp.window(settings.seq_len)) <= set(ids)
+        problems = window_problems(row, state, exp, settings.seq_len) + (["vector"] if stale else [])
         if problems:
             out.mismatched += 1
             if len(out.examples) < 10:

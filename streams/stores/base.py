@@ -93,6 +93,9 @@ class ProfileStore(Protocol):
     async def resolve_links(self, anon_person_ids: Sequence[str]) -> dict[str, str]:
         """Map anonymous person ids that were linked to their person id."""
 
+    async def load_links(self, anon_person_ids: Sequence[str]) -> dict[str, IdentityLinkRecord]:
+        """The newest stored link of each linked anonymous id, with its link time."""
+
     async def write_batch(self, batch: StoreBatch) -> None:
         """Apply the batch idempotently (see module docstring)."""
 

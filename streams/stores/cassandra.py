@@ -35,7 +35,15 @@ from cassandra.protocol import ErrorMessage, ServerError, SyntaxException
 from cassandra.protocol import RequestExecutionException as ServerSideTransient
 from cassandra.query import PreparedStatement
 
-from schemas.sequence import ErasureMarker, PersonState, Profile, erasure_write_ts, event_write_ts
+from schemas.sequence import (
+    ErasureMarker,
+    IdentityLinkRecord,
+    PersonState,
+    Profile,
+    erasure_write_ts,
+    event_write_ts,
+)
+from streams.faults import crash_point
 from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
 from streams.stores.cassandra_config import CassandraConfig, build_cluster, load_queries, render_cql
 from streams.stores.codec import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes
@@ -303,18 +311,26 @@ class CassandraStore:
     async def resolve_links(self, anon_person_ids: Sequence[str]) -> dict[str, str]:
         return {r[0]: r[1] for r in await self._per_key("get_link", anon_person_ids) if r[1] is not None}
 
-    def _batch_items(self, batch: StoreBatch) -> Iterable[tuple[str, Sequence[Any]]]:
-        for pid, ts in batch.removed_states:
-            yield "del_state", (ts, pid)
-            yield "del_profiles", (ts, pid)
-        for s in batch.states:
-            yield "put_state", (s.person_id, pack_events(s.events), *_COUNTS(s), s.write_ts)
+    async def load_links(self, anon_person_ids: Sequence[str]) -> dict[str, IdentityLinkRecord]:
+        rows = await self._per_key("get_link", anon_person_ids)
+        return {r[0]: IdentityLinkRecord(r[0], r[1], r[2] or 0) for r in rows if r[1] is not None}
+
+    def _first_items(self, batch: StoreBatch) -> Iterable[tuple[str, Sequence[Any]]]:
+        """Phase 1: what a replay cannot rebuild once the state has landed (profiles, links)."""
         for p in batch.profiles:
             vector = p.vector if self.native else vector_bytes(p.vector)
             yield "put_profile", (p.person_id, p.model_version, vector, *_COUNTS(p), p.updated_ms, p.write_ts)
         for link in batch.links:
             yield "put_link", (link.anon_person_id, link.person_id, link.ts_ms, event_write_ts(link.ts_ms))
             yield "put_link_rev", (link.person_id, link.anon_person_id, link.ts_ms, event_write_ts(link.ts_ms))
+
+    def _second_items(self, batch: StoreBatch) -> Iterable[tuple[str, Sequence[Any]]]:
+        """Phase 2: states and removals, only once phase 1 is acknowledged."""
+        for pid, ts in batch.removed_states:
+            yield "del_state", (ts, pid)
+            yield "del_profiles", (ts, pid)
+        for s in batch.states:
+            yield "put_state", (s.person_id, pack_events(s.events), *_COUNTS(s), s.write_ts)
 
     async def write_batch(self, batch: StoreBatch) -> None:
         for p in batch.profiles:
@@ -323,7 +339,13 @@ class CassandraStore:
                     f"profile of {p.person_id} has a {p.vector.size}-dim vector; "
                     f"{self.cfg.keyspace}.profiles holds vector<float, {self.dim}>"
                 )
-        await self._run_many(self._batch_items(batch))
+        # Why two phases: Cassandra has no transaction across tables.  Profiles go first; a crash
+        # after them leaves the state behind, so the replay finds the events new again, re-encodes
+        # and writes both.  States first would leave a replay that finds only duplicates and never
+        # rewrites a lost profile.
+        await self._run_many(self._first_items(batch))
+        crash_point("between_writes")
+        await self._run_many(self._second_items(batch))
 
     # -- queries ---------------------------------------------------------
     async def get_profile(self, person_id: str, model_version: str) -> Profile | None:

@@ -37,7 +37,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import orjson
 
-from schemas.sequence import ErasureMarker, PersonState, Profile, erasure_write_ts
+from schemas.sequence import ErasureMarker, IdentityLinkRecord, PersonState, Profile, erasure_write_ts
 from schemas.settings import Settings
 from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
 from streams.stores.codec import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes, vector_from_bytes
@@ -96,7 +96,7 @@ _UPSERT_LINK = """
 INSERT INTO identity_links (anon_person_id, person_id, ts_ms) SELECT ?1, ?2, ?3
 WHERE NOT EXISTS (SELECT 1 FROM link_tombstones WHERE anon_person_id = ?1 AND delete_ts >= ?3 * 1048576)
 ON CONFLICT (anon_person_id) DO UPDATE SET person_id = excluded.person_id, ts_ms = excluded.ts_ms
-WHERE excluded.ts_ms >= identity_links.ts_ms"""
+WHERE (excluded.ts_ms, excluded.person_id) >= (identity_links.ts_ms, identity_links.person_id)"""
 _TOMBSTONE_PERSON = """
 INSERT INTO person_tombstones (person_id, delete_ts) VALUES (?, ?)
 ON CONFLICT (person_id) DO UPDATE SET delete_ts = max(delete_ts, excluded.delete_ts)"""
@@ -108,6 +108,7 @@ _SQL = {
     "states_in": f"SELECT {_SEQ_COLS} FROM sequences WHERE person_id IN",
     "erasures_in": "SELECT person_id, erased_ms, expires_ms FROM erasures WHERE person_id IN",
     "links_in": "SELECT anon_person_id, person_id FROM identity_links WHERE anon_person_id IN",
+    "links_full_in": "SELECT anon_person_id, person_id, ts_ms FROM identity_links WHERE anon_person_id IN",
     "profile": f"SELECT {_PROFILE_COLS} FROM profiles WHERE person_id = ? AND model_version = ?",
     "profiles": f"SELECT {_PROFILE_COLS} FROM profiles WHERE person_id = ? "
     "ORDER BY write_ts DESC, model_version",
@@ -241,6 +242,10 @@ class SqliteStore:
     async def resolve_links(self, anon_person_ids: Sequence[str]) -> dict[str, str]:
         return {r[0]: r[1] for r in await self._call(_select_in, _SQL["links_in"], anon_person_ids)}
 
+    async def load_links(self, anon_person_ids: Sequence[str]) -> dict[str, IdentityLinkRecord]:
+        rows = await self._call(_select_in, _SQL["links_full_in"], anon_person_ids)
+        return {r[0]: IdentityLinkRecord(r[0], r[1], r[2]) for r in rows}
+
     async def write_batch(self, batch: StoreBatch) -> None:
         for p in batch.profiles:
             if self._dim is not None and p.vector.size != self._dim:
@@ -258,7 +263,8 @@ class SqliteStore:
             for p in batch.profiles
         ]
         links = [(link.anon_person_id, link.person_id, link.ts_ms) for link in batch.links]
-        await self._call(_write, states, profiles, links, list(batch.removed_states))
+        oldest = {s.person_id: s.events[0].ts_ms for s in batch.states if s.events}
+        await self._call(_write, states, profiles, links, list(batch.removed_states), oldest)
 
     # -- queries -----------------------------------------------------------
     async def get_profile(self, person_id: str, model_version: str) -> Profile | None:
@@ -295,10 +301,22 @@ class SqliteStore:
 
 
 # -- functions run on the store thread -----------------------------------------
+# Result codes of a failing disk, not of bad data: the worker holds the partition and retries.
+_INFRASTRUCTURE = {
+    "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_PROTOCOL",
+    "SQLITE_NOLFS", "SQLITE_READONLY", "SQLITE_INTERRUPT",
+}
+
+
 def _translate(exc: sqlite3.Error, path: str) -> StoreError:
+    """Sort SQLite's errors: a busy, full, read-only or failing disk is ``StoreUnavailable`` (retry, hold)."""
     message = str(exc)
+    code = str(getattr(exc, "sqlite_errorname", "") or "")
     if "locked" in message or "busy" in message:
         return StoreUnavailable(f"SQLite database {path} is busy ({message}); retry later")
+    if "_".join(code.split("_")[:2]) in _INFRASTRUCTURE:  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
+        return StoreUnavailable(f"SQLite database {path} cannot be written ({code or 'error'}: {message}); "
+                                "check the disk, retrying")
     if "no such table" in message:
         return StoreError(f"SQLite database {path} has no profile tables ({message}); {INIT_HINT}")
     return StoreError(f"SQLite error on {path}: {message}")
@@ -350,8 +368,14 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 Rows = list[tuple[Any, ...]]
 
 
-def _write(conn: sqlite3.Connection, states: Rows, profiles: Rows, links: Rows, removed: Rows) -> None:
+def _write(conn: sqlite3.Connection, states: Rows, profiles: Rows, links: Rows, removed: Rows,
+           oldest: dict[str, int]) -> None:
     with _transaction(conn):
+        # An erasure committed after the worker read its markers: writing would bring erased events back.
+        # Refuse inside the transaction; the update stage retries, reads the marker and rebuilds the state.
+        for person, erased_ms, _ in _select_in(conn, _SQL["erasures_in"], list(oldest)):
+            if oldest[person] <= erased_ms:
+                raise StoreUnavailable(f"{person} was erased at {erased_ms} while this batch was in flight")
         conn.executemany("DELETE FROM sequences WHERE person_id = ? AND write_ts <= ?", removed)
         conn.executemany("DELETE FROM profiles WHERE person_id = ? AND write_ts <= ?", removed)
         conn.executemany(_TOMBSTONE_PERSON, removed)

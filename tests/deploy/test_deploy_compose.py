@@ -244,3 +244,39 @@ def test_prometheus_scrapes_every_worker() -> None:
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
     assert targets == {f"{name}:6066" for name in worker_services()}
+
+
+def test_prometheus_loads_the_alert_rules() -> None:
+    """Every rule_files entry is mounted where Prometheus resolves it (relative to its config file)."""
+    prom = services()["prometheus"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in prom["volumes"]}
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    assert config["rule_files"], "the runbook's alerts are loaded"
+    for entry in config["rule_files"]:
+        target = entry if entry.startswith("/") else f"/etc/prometheus/{entry}"
+        assert target in mounts, f"rule file {entry} is not mounted into the prometheus service"
+        assert (DEPLOY / mounts[target]).resolve() == DEPLOY / "prometheus" / "alerts.yml"
+        assert (DEPLOY / entry).resolve() == DEPLOY / "prometheus" / "alerts.yml", "same path from a checkout"
+
+
+# ----------------------------------------------------------------- grafana
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    svcs = services()
+    grafana = svcs["grafana"]
+    image, _, tag = str(grafana["image"]).partition(":")
+    assert image == "grafana/grafana" and re.fullmatch(r"\d+\.\d+\.\d+", tag), "a pinned Grafana version"
+    assert [str(p) for p in grafana["ports"]] == ["127.0.0.1:3000:3000"]
+    assert "prometheus" in grafana["depends_on"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in grafana["volumes"]}
+    assert (DEPLOY / mounts["/etc/grafana/provisioning"]).resolve() == DEPLOY / "grafana" / "provisioning"
+    # The dashboard provider reads the folder the dashboards are mounted at.
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/interest.yml").read_text())
+    (prov,) = provider["providers"]
+    dash_src = mounts[prov["options"]["path"]]
+    assert ((DEPLOY / dash_src).resolve() / "interest.json").is_file()
+    # The datasource reaches the prometheus service on its container port.
+    (source,) = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert any(str(p).endswith(":9090") for p in svcs["prometheus"]["ports"])
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["global"]["scrape_interval"]
+    assert source["jsonData"]["timeInterval"] == scrape, "$__rate_interval needs the real scrape interval"

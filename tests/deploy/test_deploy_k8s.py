@@ -165,7 +165,7 @@ def test_validator_rejects_unknown_fields() -> None:
         kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
 
 
-@pytest.mark.parametrize("target", ["", "overlays/gpu", "overlays/keda"])
+@pytest.mark.parametrize("target", ["", "overlays/gpu", "overlays/keda", "overlays/prometheus-operator"])
 def test_rendered_kustomization_is_valid(target: str) -> None:
     docs = render(K8S / target)
     crds = []
@@ -177,8 +177,10 @@ def test_rendered_kustomization_is_valid(target: str) -> None:
             validate_core(doc, version)
         if doc["kind"] != "Namespace":
             assert doc["metadata"].get("namespace") == "interest", f"{doc['kind']} outside the namespace"
-    # CRDs have no core schema; the only one is the KEDA ScaledObject (checked below).
-    assert crds == (["ScaledObject"] if target == "overlays/keda" else [])
+    # CRDs have no core schema: the KEDA ScaledObject (checked below) and the PrometheusRule
+    # (tests/deploy/test_alert_rules.py: promtool and the generated copy of alerts.yml).
+    expected_crds = {"overlays/keda": ["ScaledObject"], "overlays/prometheus-operator": ["PrometheusRule"]}
+    assert crds == expected_crds.get(target, [])
 
 
 def test_gpu_overlay_renders_gpu_workers_only() -> None:
@@ -204,7 +206,7 @@ def test_keda_overlay_hands_replicas_to_the_autoscaler() -> None:
 def test_overlay_patches_target_base_objects() -> None:
     """Without kubectl too: each overlay builds on the base and patches objects that exist."""
     names = {(d["kind"], d["metadata"]["name"]) for _, d in base_docs()}
-    for overlay in ("gpu", "keda"):
+    for overlay in ("gpu", "keda", "prometheus-operator"):
         kz = kustomization(OVERLAYS / overlay)
         assert "../../base" in kz["resources"]
         assert kz.get("namespace") == "interest", "objects an overlay adds must land in the namespace too"

@@ -31,9 +31,9 @@ def test_replacing_every_worker_under_load_loses_and_duplicates_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     registry, version = model_registry
-    # seq_len above any person's event count: every event stays in the window, so the
-    # oracle's count and sequence do not depend on arrival order (no "too late" events).
-    settings = make_settings(registry=registry, seq_len=999, person_partitions=4)
+    # The default window (50): people with longer histories evict, as in production; the
+    # comparison is exact on the kept window and bounded on the counts (testkit.chaos.window_problems).
+    settings = make_settings(registry=registry, person_partitions=4)
     cfg = RollingConfig(workers=3, rate=120.0, users=80, items=300, seed=3, warmup_s=2.0, settle_s=1.0,
                         catch_up_s=90.0, ready_timeout_s=60.0, stop_timeout_s=40.0,
                         hold_store_s=3.0, sigkill_last=1)

@@ -14,7 +14,7 @@ from interest.synthetic import RawEvent, SyntheticTraffic
 from schemas.adapters import load_adapters
 from streams.dlq import headers_dict
 from streams.kafka_config import ensure_topics, kafka_python_options, worker_topics
-from testkit.helpers import WorkerProcess, checksum, scan, wait_until
+from testkit.helpers import WorkerProcess, checksum, metric_value, scan, wait_until
 from testkit.oracle import expected_profiles
 
 
@@ -50,14 +50,18 @@ def test_synthetic_traffic_becomes_one_profile_per_person(
         assert set(row.platforms) == exp.platforms, person
         assert row.last_ts_ms == exp.last_ts_ms
         assert [e.event_id for e in snap["states"][person].events] == exp.window(200)
-        assert row.vector.shape == (64,) or row.vector.ndim == 1
+        assert row.vector.shape == (64,) and abs(float((row.vector ** 2).sum()) - 1.0) < 1e-3, person
     assert len({p for e in oracle.values() for p in e.platforms}) == 4
 
     # Replay every topic from offset 0 with a fresh consumer group: no row may change.
     replay = settings.model_copy(update={"app_id": settings.app_id + "-replay"})
     with WorkerProcess(replay, tmp_path, name="replay") as worker:
         wait_until(lambda: worker.get("/stats")[1]["events_in"] >= total, 90, interval=1.0, what="replayed")
-        time.sleep(2.0)
+        # Wait for the update stage itself: every replayed record seen and dropped as a duplicate.
+        wait_until(lambda: metric_value(worker.get("/metrics")[1] or "", "interest_events_duplicate_total") >= total,
+                   90, interval=0.5, what="the update stage saw the whole replay")
+        _, text = worker.get("/metrics")
+        assert metric_value(text, "interest_events_applied_total") == 0, "a replayed event was applied again"
     assert checksum(scan(settings, version)) == before, "replaying from offset 0 changed a row"
 
 
