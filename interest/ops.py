@@ -104,7 +104,9 @@ def replay_dlq(settings: Settings, reason: str | None = None, limit: int | None 
                 skipped += 1
                 continue
             source = headers.get("source_topic")
-            if not source:
+            if not source or headers.get("truncated") == "1":
+                # A record cut to fit the DLQ is not the original: replaying it would inject a fragment.
+                # Its headers keep the original's size and sha256, and its source offset, to fetch it there.
                 skipped += 1
                 continue
             if producer is not None:

@@ -24,13 +24,8 @@ def forget(
     """
     settings = settings_or_exit()
 
-    async def run(store: Any) -> Any:
-        # The erasure covers every stored event, also those dated ahead of this machine's clock.
-        state = (await store.load_states([person])).get(person)
-        erased_ms = max(int(time.time() * 1000), state.last_ts_ms if state is not None else 0)
-        return await store.forget(person, erased_ms)
-
-    receipt = asyncio.run(_with_store(settings, run))
+    # The store covers every stored event of the person, also those dated ahead of this clock.
+    receipt = asyncio.run(_with_store(settings, lambda store: store.forget(person, int(time.time() * 1000))))
     notified = False
     if broker:
         from interest.ops import notify_forget

@@ -18,6 +18,7 @@ from schemas.sequence import PersonState, Profile
 
 TIMELINE = 50
 TOP_K = 10
+RETRY_LOAD_S = 30.0  # a version that failed to load is tried again after this
 
 
 def _iso(ms: int) -> str:
@@ -30,7 +31,7 @@ class ModelCache:
 
     registry: str
     pinned: str | None = None
-    _runtimes: dict[str, Any] = field(default_factory=dict)
+    _runtimes: dict[str, tuple[Any, float]] = field(default_factory=dict)
 
     def wanted(self) -> str | None:
         """The version the page shows by default: pinned, else the promoted one."""
@@ -42,16 +43,20 @@ class ModelCache:
             return None
 
     def get(self, version: str | None) -> Any:
+        """The runtime of ``version`` (blocking: verify + load; call it off the event loop)."""
         from model.runtime import EncoderRuntime
 
         if version is None:
             return None
-        if version not in self._runtimes:
-            try:
-                self._runtimes[version] = EncoderRuntime.load(self.registry, version, "no", threads=1)
-            except Exception:  # a version gone from the registry: no recommendations, the rest still shows
-                self._runtimes[version] = None
-        return self._runtimes[version]
+        hit = self._runtimes.get(version)
+        if hit is not None and (hit[0] is not None or time.monotonic() - hit[1] < RETRY_LOAD_S):
+            return hit[0]
+        try:
+            runtime = EncoderRuntime.load(self.registry, version, "no", threads=1)
+        except Exception:  # not (yet) in this registry: no recommendations for now, the rest still shows
+            runtime = None
+        self._runtimes[version] = (runtime, time.monotonic())
+        return runtime
 
 
 @dataclass

@@ -16,7 +16,7 @@ from schemas.settings import Settings, load_settings
 from streams.stores.base import StoreError
 from streams.stores.cassandra_config import cassandra_config, render_cql
 from streams.stores.factory import opened_store
-from streams.stores.sqlite import sqlite_target
+from streams.stores.sqlite_config import sqlite_target
 
 
 def _describe(settings: Settings) -> str:

@@ -96,6 +96,7 @@ class SyntheticTraffic:
         self.clusters = clusters
         self.anonymous_share = anonymous_share
         self.rng = random.Random(seed)
+        self.seed = seed  # in every event id: two generators never share one (an id is one event)
         nprng = np.random.default_rng(seed)
         zipf = 1.0 / np.arange(1, users + 1) ** 0.8
         self.user_weights = (zipf / zipf.sum()).cumsum()
@@ -153,7 +154,7 @@ class SyntheticTraffic:
             action = self._pick_action()
             item = self._pick_item(u)
             self._seq += 1
-            event_id = f"{platform}-{self._seq}"
+            event_id = f"{platform}-{self.seed}-{self._seq}"
             anon = self.anon_left.get((u, platform), 0)
             ts_ms = int(ts)
             if anon > 0:

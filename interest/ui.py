@@ -39,6 +39,7 @@ class PersonPages:
         self.poll_s = poll_s
         self.store: Any = None
         self._stack = AsyncExitStack()
+        self._opening = asyncio.Lock()
 
     async def start(self) -> None:
         """Open the store now if it is there; a store the worker has not created yet is opened on first use."""
@@ -52,8 +53,9 @@ class PersonPages:
     async def _open(self) -> Any:
         from streams.stores.factory import opened_store
 
-        if self.store is None:
-            self.store = await self._stack.enter_async_context(opened_store(self.settings))
+        async with self._opening:  # two requests at start-up must not open two stores
+            if self.store is None:
+                self.store = await self._stack.enter_async_context(opened_store(self.settings))
         return self.store
 
     async def close(self) -> None:
@@ -71,8 +73,12 @@ class PersonPages:
 
     async def view(self, person: str) -> dict[str, Any]:
         state, prof = await self._read(person)
+        return (await asyncio.to_thread(self._build, person, state, prof)).as_dict()
+
+    def _build(self, person: str, state: Any, prof: Any) -> Any:
+        """Off the event loop: loading a model version and encoding both block."""
         runtime = self.models.get(prof.model_version) if prof is not None else None
-        return (await asyncio.to_thread(build_view, person, state, prof, runtime)).as_dict()
+        return build_view(person, state, prof, runtime)
 
     async def page(self, request: Any) -> Any:
         from aiohttp import web
@@ -110,14 +116,13 @@ class PersonPages:
                     continue
                 sig = signature(state, prof)
                 if sig != last:
-                    runtime = self.models.get(prof.model_version) if prof is not None else None
-                    view = await asyncio.to_thread(build_view, person, state, prof, runtime)
+                    view = await asyncio.to_thread(self._build, person, state, prof)
                     await resp.write(f"data: {json.dumps(view.as_dict())}\n\n".encode())
                     last = sig
                 else:
                     await resp.write(b": keep-alive\n\n")
                 await asyncio.sleep(self.poll_s)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the page went away
             pass
         return resp
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from schemas.adapters import MAX_ID_BYTES, PlatformAdapter, _Invalid, now_ms
+from schemas.adapters import MAX_FUTURE_MS, MAX_ID_BYTES, MIN_TS_MS, PlatformAdapter, _Invalid, now_ms
 from schemas.events import CanonicalEvent, IdentityLink, Rejected
 
 MAX_MESSAGE_BYTES = 1 << 20
@@ -171,4 +171,8 @@ def decode_link(raw: bytes | None, platforms: set[str]) -> IdentityLink | Reject
     ts = value.get("ts_ms")
     if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
         return Rejected("bad_timestamp", f"identity link ts_ms must be a non-negative integer, got {ts!r}")
+    if ts < MIN_TS_MS or ts > now_ms() + MAX_FUTURE_MS:
+        # The same range as events: a link in microseconds would otherwise outrank every real link forever.
+        where = "before 2000-01-01" if ts < MIN_TS_MS else "more than a day in the future"
+        return Rejected("bad_timestamp", f"identity link ts_ms {ts} is {where} (epoch milliseconds expected)")
     return IdentityLink(fields["platform"], fields["device_id"], fields["person_id"], ts)

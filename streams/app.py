@@ -29,7 +29,7 @@ from streams import faust_tuning, metrics
 from streams.backoff import retry_forever
 from streams.model_holder import ModelHolder
 from streams.model_watch import watch_models
-from streams.stages import IngestStage, KafkaSender, UpdateStage, stage_backoff
+from streams.stages import IngestStage, KafkaSender, UpdateStage, delivering, stage_backoff
 from streams.stores.factory import open_store
 from streams.updater import ProfileUpdater
 from streams.worker_stats import WorkerStats
@@ -47,11 +47,12 @@ class Worker:
         self.model = ModelHolder(settings, lambda: self.store.vector_dim)
         self.stats = WorkerStats()
         send = KafkaSender(app)
-        self.updater = ProfileUpdater(self.store, self.model.current, send, settings, self.model.expected)
         stopping = lambda: bool(app.should_stop)  # noqa: E731  (SIGTERM: see Backoff)
+        self.backoff = stage_backoff(settings, stopping)
+        forward = delivering(send, settings, self.backoff, "forward to the person topic")
+        self.updater = ProfileUpdater(self.store, self.model.current, forward, settings, self.model.expected)
         self.ingest = IngestStage(settings, Normalizer(load_adapters()), send, self.stats, stopping)
         self.update = UpdateStage(settings, self.updater, send, self.stats, stopping)
-        self.backoff = stage_backoff(settings, stopping)
         self.ready = asyncio.Event()
 
     async def start(self) -> None:

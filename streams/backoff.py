@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("interest.worker")
@@ -20,7 +20,6 @@ log = logging.getLogger("interest.worker")
 # Exit status of a worker that stopped while a call kept failing (EX_TEMPFAIL): nothing of the
 # batch in flight was committed, so the next owner redoes it, exactly as after a kill -9.
 EXIT_ABANDONED = 75
-_stop_seen: dict[str, float] = {}
 
 
 def _never() -> bool:
@@ -43,6 +42,7 @@ class Backoff:
     max_s: float
     stopping: Callable[[], bool] = _never
     stop_grace_s: float = 20.0
+    _stop_seen: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_ms(cls, first_ms: int, max_ms: int, stopping: Callable[[], bool] = _never,
@@ -53,7 +53,7 @@ class Backoff:
         """The delay to wait before the next try; exits the process if stopping and out of grace."""
         if not self.stopping():
             return delay
-        started = _stop_seen.setdefault("at", time.monotonic())
+        started = self._stop_seen.setdefault("at", time.monotonic())
         left = self.stop_grace_s - (time.monotonic() - started)
         if left <= 0:
             log.error("told to stop while %s keeps failing (%s): exiting without committing the batch in flight; "

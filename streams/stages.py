@@ -237,6 +237,16 @@ async def deliver(outbox: Outbox, send: Send, backoff: Backoff, what: str) -> No
             pending.extendleft(reversed(replacements))
 
 
+def delivering(send: Send, settings: Settings, backoff: Backoff, what: str) -> Send:
+    """A ``Send`` that goes through ``deliver``: what the broker refuses as too large is split, not retried."""
+
+    async def go(messages: Sequence[OutMessage]) -> None:
+        outbox = Outbox(settings.person_topic, settings.person_partitions, settings.dlq_topic, list(messages))
+        await deliver(outbox, send, backoff, what)
+
+    return go
+
+
 @dataclass(frozen=True, slots=True)
 class RawMessage:
     source: Source
@@ -345,7 +355,7 @@ class UpdateStage:
     async def _dead_letters(self, outbox: Outbox) -> None:
         if outbox.dead:
             self.stats.dead_lettered([d.reason for d in outbox.dead])
-            await retry_forever("dlq send", self.backoff, self.send, outbox.messages)
+            await deliver(outbox, self.send, self.backoff, "dlq send")  # a too-large one is cut, not retried
 
     async def run(self, batch: Sequence[RawMessage]) -> None:
         records: list[PersonRecord] = []

@@ -329,13 +329,23 @@ class ProfileUpdater:
         for person in people:
             fail_if_poisoned(person)
             state = states[person]
+            mark = work.erased.get(person)
+            if mark is not None and state.events and state.events[0].ts_ms <= mark:
+                # A stored state older than an erasure (a race a store could not refuse): rebuild it from
+                # what came after the erasure, so no write of this batch carries erased events.
+                kept = [e for e in state.events if e.ts_ms > mark]
+                state = states[person] = PersonState(person_id=person)
+                merge_events(state, kept, self.max_len)
             events: list[SeqEvent] = []
             for rec in work.by_person[person]:
                 if isinstance(rec, CanonicalEvent):
                     events.append(rec.to_seq_event())
                 elif isinstance(rec, ForgetRequest):
-                    work.erased[person] = max(work.erased.get(person, 0), rec.erased_ms)
+                    mark = work.erased[person] = max(work.erased.get(person, 0), rec.erased_ms)
+                    # Drop what the erasure covers, keep what came after it (already stored on its own).
+                    kept = [e for e in state.events if e.ts_ms > mark]
                     state = states[person] = PersonState(person_id=person)
+                    merge_events(state, kept, self.max_len)
                     report.forgotten += 1
             outcome = merge_events(state, events, self.max_len, work.erased.get(person))
             for name in ("applied", "duplicates", "too_late", "erased"):

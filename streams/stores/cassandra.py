@@ -316,21 +316,24 @@ class CassandraStore:
         return {r[0]: IdentityLinkRecord(r[0], r[1], r[2] or 0) for r in rows if r[1] is not None}
 
     def _first_items(self, batch: StoreBatch) -> Iterable[tuple[str, Sequence[Any]]]:
-        """Phase 1: what a replay cannot rebuild once the state has landed (profiles, links)."""
+        """Phase 1: profiles, which a replay cannot rebuild once the state has landed."""
         for p in batch.profiles:
             vector = p.vector if self.native else vector_bytes(p.vector)
             yield "put_profile", (p.person_id, p.model_version, vector, *_COUNTS(p), p.updated_ms, p.write_ts)
-        for link in batch.links:
-            yield "put_link", (link.anon_person_id, link.person_id, link.ts_ms, event_write_ts(link.ts_ms))
-            yield "put_link_rev", (link.person_id, link.anon_person_id, link.ts_ms, event_write_ts(link.ts_ms))
 
     def _second_items(self, batch: StoreBatch) -> Iterable[tuple[str, Sequence[Any]]]:
-        """Phase 2: states and removals, only once phase 1 is acknowledged."""
+        """Phase 2: states and the removal of moved device states, once phase 1 is acknowledged."""
         for pid, ts in batch.removed_states:
             yield "del_state", (ts, pid)
             yield "del_profiles", (ts, pid)
         for s in batch.states:
             yield "put_state", (s.person_id, pack_events(s.events), *_COUNTS(s), s.write_ts)
+
+    def _third_items(self, batch: StoreBatch) -> Iterable[tuple[str, Sequence[Any]]]:
+        """Phase 3: identity links, last: a stored link means its device's state was already moved."""
+        for link in batch.links:
+            yield "put_link", (link.anon_person_id, link.person_id, link.ts_ms, event_write_ts(link.ts_ms))
+            yield "put_link_rev", (link.person_id, link.anon_person_id, link.ts_ms, event_write_ts(link.ts_ms))
 
     async def write_batch(self, batch: StoreBatch) -> None:
         for p in batch.profiles:
@@ -339,13 +342,15 @@ class CassandraStore:
                     f"profile of {p.person_id} has a {p.vector.size}-dim vector; "
                     f"{self.cfg.keyspace}.profiles holds vector<float, {self.dim}>"
                 )
-        # Why two phases: Cassandra has no transaction across tables.  Profiles go first; a crash
-        # after them leaves the state behind, so the replay finds the events new again, re-encodes
-        # and writes both.  States first would leave a replay that finds only duplicates and never
-        # rewrites a lost profile.
+        # Why phases: Cassandra has no transaction across tables.  Profiles go first; a crash after
+        # them leaves the state behind, so the replay finds the events new again, re-encodes and
+        # writes both (states first would leave a replay that finds only duplicates and never
+        # rewrites a lost profile).  Links go last: a replay that finds no link yet moves the
+        # device's state again, while a stored link with the device state left behind would orphan it.
         await self._run_many(self._first_items(batch))
         crash_point("between_writes")
         await self._run_many(self._second_items(batch))
+        await self._run_many(self._third_items(batch))
 
     # -- queries ---------------------------------------------------------
     async def get_profile(self, person_id: str, model_version: str) -> Profile | None:
@@ -391,13 +396,15 @@ class CassandraStore:
     # -- erasure ---------------------------------------------------------
     async def forget(self, person_id: str, erased_ms: int) -> ForgetReceipt:
         """Delete at ``erasure_write_ts(erased_ms)`` (newer rows survive) and leave a marker with the retention TTL."""
-        ts = erasure_write_ts(erased_ms)
         profiles, state, reverse, own = await asyncio.gather(
             self._all("get_profiles", (person_id,)),
             self._all("get_state", (person_id,)),
             self._all("get_links_rev", (person_id,)),
             self._all("get_link", (person_id,)),
         )
+        # Cover every stored event, also those dated ahead of the clock (no transaction here: read, then delete).
+        erased_ms = max([erased_ms, *(int(r[4] or 0) for r in state), *(int(r[5] or 0) for r in profiles)])
+        ts = erasure_write_ts(erased_ms)
         linked = await self._per_key("get_link", [r[0] for r in reverse])  # only links still pointing here
         doomed = [r[0] for r in linked if r[1] == person_id and event_write_ts(r[2]) <= ts]
         doomed += [r[0] for r in own if event_write_ts(r[2]) <= ts]

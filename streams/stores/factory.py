@@ -18,7 +18,8 @@ def open_store(settings: Settings) -> ProfileStore:
     """The store named by ``settings.store_url``, not opened: ``await store.open()`` (or ``init_schema``)."""
     scheme = urlsplit(settings.store_url).scheme
     if scheme == "sqlite":
-        from streams.stores.sqlite import SqliteStore, sqlite_target
+        from streams.stores.sqlite import SqliteStore
+        from streams.stores.sqlite_config import sqlite_target
 
         path, options = sqlite_target(settings)
         return SqliteStore(path, erasure_retention_days=settings.erasure_retention_days, **options)

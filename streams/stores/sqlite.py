@@ -32,13 +32,11 @@ from contextlib import contextmanager
 from functools import partial
 from operator import attrgetter
 from typing import Any, TypeVar
-from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
 
 from schemas.sequence import ErasureMarker, IdentityLinkRecord, PersonState, Profile, erasure_write_ts
-from schemas.settings import Settings
 from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
 from streams.stores.codec import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes, vector_from_bytes
 
@@ -108,6 +106,8 @@ _SQL = {
     "states_in": f"SELECT {_SEQ_COLS} FROM sequences WHERE person_id IN",
     "erasures_in": "SELECT person_id, erased_ms, expires_ms FROM erasures WHERE person_id IN",
     "links_in": "SELECT anon_person_id, person_id FROM identity_links WHERE anon_person_id IN",
+    "newest_of": "SELECT max(last_ts_ms) FROM (SELECT last_ts_ms FROM sequences WHERE person_id = ?1 "
+    "UNION ALL SELECT last_ts_ms FROM profiles WHERE person_id = ?1)",
     "links_full_in": "SELECT anon_person_id, person_id, ts_ms FROM identity_links WHERE anon_person_id IN",
     "profile": f"SELECT {_PROFILE_COLS} FROM profiles WHERE person_id = ? AND model_version = ?",
     "profiles": f"SELECT {_PROFILE_COLS} FROM profiles WHERE person_id = ? "
@@ -339,7 +339,28 @@ def _init_schema(conn: sqlite3.Connection, vector_dim: int) -> None:
             f"the SQLite store holds {row[0]}-dim vectors; cannot re-initialise with --dim {vector_dim}"
         )
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('vector_dim', ?)", (str(vector_dim),))
-    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
+    _migrate(conn)
+
+
+SCHEMA_VERSION = "2"
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Version 2: write timestamps are event ms * 2**20 (``schemas.sequence``), no longer microseconds.
+
+    Old rows' ``write_ts`` stay as they are (any new write outranks them), but an
+    erasure's tombstone must keep shadowing what it erased: it is rewritten at
+    ``erasure_write_ts`` of its millisecond.
+    """
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is not None and row[0] == SCHEMA_VERSION:
+        return
+    with _transaction(conn):
+        if row is not None and row[0] == "1":
+            for table in ("person_tombstones", "link_tombstones"):
+                conn.execute(f"UPDATE {table} SET delete_ts = ((delete_ts / 1000) << 20) | {(1 << 20) - 1}")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (SCHEMA_VERSION,))
 
 
 def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -373,8 +394,9 @@ def _write(conn: sqlite3.Connection, states: Rows, profiles: Rows, links: Rows, 
     with _transaction(conn):
         # An erasure committed after the worker read its markers: writing would bring erased events back.
         # Refuse inside the transaction; the update stage retries, reads the marker and rebuilds the state.
-        for person, erased_ms, _ in _select_in(conn, _SQL["erasures_in"], list(oldest)):
-            if oldest[person] <= erased_ms:
+        now = int(time.time() * 1000)
+        for person, erased_ms, expires_ms in _select_in(conn, _SQL["erasures_in"], list(oldest)):
+            if expires_ms > now and oldest[person] <= erased_ms:  # the rule load_erasures applies
                 raise StoreUnavailable(f"{person} was erased at {erased_ms} while this batch was in flight")
         conn.executemany("DELETE FROM sequences WHERE person_id = ? AND write_ts <= ?", removed)
         conn.executemany("DELETE FROM profiles WHERE person_id = ? AND write_ts <= ?", removed)
@@ -385,8 +407,11 @@ def _write(conn: sqlite3.Connection, states: Rows, profiles: Rows, links: Rows, 
 
 
 def _forget(conn: sqlite3.Connection, person_id: str, erased_ms: int, expires_ms: int) -> ForgetReceipt:
-    ts = erasure_write_ts(erased_ms)
     with _transaction(conn):
+        # Inside the transaction: cover every stored event, also those dated ahead of the clock.
+        newest = conn.execute(_SQL["newest_of"], (person_id,)).fetchone()
+        erased_ms = max(erased_ms, int(newest[0] or 0))
+        ts = erasure_write_ts(erased_ms)
         profiles = conn.execute("DELETE FROM profiles WHERE person_id = ? AND write_ts <= ?", (person_id, ts))
         sequence = conn.execute(
             "DELETE FROM sequences WHERE person_id = ? AND write_ts <= ?", (person_id, ts)
@@ -397,20 +422,3 @@ def _forget(conn: sqlite3.Connection, person_id: str, erased_ms: int, expires_ms
         conn.execute(_TOMBSTONE_PERSON, (person_id, ts))
         conn.execute(_UPSERT_ERASURE, (person_id, erased_ms, expires_ms))
     return ForgetReceipt(person_id, erased_ms, profiles.rowcount, sequence.rowcount > 0, len(anon_ids))
-
-
-_SQLITE_OPTIONS: dict[str, Any] = {"busy_timeout_ms": int, "synchronous": str}
-
-
-def sqlite_target(settings: Settings) -> tuple[str, dict[str, Any]]:
-    """Path and options of ``sqlite:///relative/path.db?busy_timeout_ms=..`` (``sqlite:////abs/path``)."""
-    raw = settings.sqlite_path()
-    path, _, query = raw.partition("?")
-    if not path:
-        raise StoreError("sqlite store_url needs a path: sqlite:///data/profiles.db")
-    options: dict[str, Any] = {}
-    for key, values in parse_qs(query).items():
-        if key not in _SQLITE_OPTIONS:
-            raise StoreError(f"unknown sqlite store_url option {key!r}; known: {', '.join(_SQLITE_OPTIONS)}")
-        options[key] = _SQLITE_OPTIONS[key](values[-1])
-    return path, options

@@ -40,7 +40,7 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("unknown-command", ["profiles", "u1"], {}, "profiles"),
     ("missing-argument", ["profile"], {}, "person"),
     ("eval-without-data", ["eval"], {}, "--events"),
-    ("explain-no-store", ["explain", "u1", "--version", "v1"], {}, "v1"),
+    ("explain-no-model", ["explain", "u1", "--version", "v1"], {}, "v1"),
 ]
 
 

@@ -128,8 +128,11 @@ def test_missing_event_id_is_derived_deterministically() -> None:
 
 def test_identity_link_validation() -> None:
     platforms = {"web", "app"}
-    ok = decode_link(orjson.dumps({"platform": "web", "device_id": "d", "person_id": "u", "ts_ms": 5}), platforms)
+    link = {"platform": "web", "device_id": "d", "person_id": "u", "ts_ms": NOW_MS}
+    ok = decode_link(orjson.dumps(link), platforms)
     assert not hasattr(ok, "reason") and ok.anon_person_id == "anon:web:d"  # type: ignore[union-attr]
+    for ts in (5, NOW_MS * 1000, NOW_MS + 2 * 86_400_000):  # not ms, microseconds, days ahead
+        assert getattr(decode_link(orjson.dumps({**link, "ts_ms": ts}), platforms), "reason", None) == "bad_timestamp"
     bad = decode_link(orjson.dumps({"platform": "fax", "device_id": "d", "person_id": "u", "ts_ms": 5}), platforms)
     assert getattr(bad, "reason", None) == "unknown_platform"
     bad = decode_link(orjson.dumps({"platform": "web", "device_id": "d", "ts_ms": 5}), platforms)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.sequence import PersonState, Profile, SeqEvent
+from schemas.sequence import TS_SHIFT, PersonState, Profile, SeqEvent
 
 DIM = 8
 
@@ -24,7 +24,7 @@ def state(person_id: str, write_ts: int, n_events: int = 3) -> PersonState:
     events = [
         SeqEvent(
             f"{person_id}-e{write_ts}-{i}",
-            write_ts // 1000 + i,
+            (write_ts >> TS_SHIFT) + i,
             f"item-{(write_ts + i) % 97}",
             ("click", "browse", "purchase")[i % 3],
             ("web", "app")[i % 2],
@@ -36,8 +36,8 @@ def state(person_id: str, write_ts: int, n_events: int = 3) -> PersonState:
         person_id,
         events,
         event_count=n_events + write_ts % 5,
-        first_ts_ms=write_ts // 1000,
-        last_ts_ms=write_ts // 1000 + n_events,
+        first_ts_ms=write_ts >> TS_SHIFT,
+        last_ts_ms=(write_ts >> TS_SHIFT) + n_events - 1,
         platforms={"web": 2, "app": 1},
         write_ts=write_ts,
     )
@@ -50,8 +50,8 @@ def profile(person_id: str, model_version: str, write_ts: int, vector: np.ndarra
         model_version,
         vec,
         event_count=3 + write_ts % 5,
-        first_ts_ms=write_ts // 1000,
-        last_ts_ms=write_ts // 1000 + 3,
+        first_ts_ms=write_ts >> TS_SHIFT,
+        last_ts_ms=(write_ts >> TS_SHIFT) + 2,
         platforms={"web": 2, "app": 1},
         write_ts=write_ts,
         updated_ms=1_700_000_000_000 + write_ts % 1000,
