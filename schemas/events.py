@@ -39,6 +39,9 @@ class CanonicalEvent:
     price: float | None = None
     quantity: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    # When the event reached Kafka (the raw message's timestamp), set by the ingest stage; freshness
+    # is measured from it, because a tracker's event time can be minutes old or run ahead of the clock.
+    produced_ms: int | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -64,6 +67,8 @@ class CanonicalEvent:
                 out[name] = value
         if self.attributes:
             out["attributes"] = self.attributes
+        if self.produced_ms is not None:
+            out["produced_ms"] = self.produced_ms
         return out
 
     @classmethod
@@ -82,6 +87,7 @@ class CanonicalEvent:
             price=data.get("price"),
             quantity=data.get("quantity"),
             attributes=data.get("attributes") or {},
+            produced_ms=data.get("produced_ms"),
         )
 
 

@@ -33,6 +33,10 @@ FRESHNESS = Histogram(
     "interest_freshness_seconds", "Event time to profile written",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
+PRODUCED_TO_WRITTEN = Histogram(
+    "interest_produced_to_written_seconds", "Event reached Kafka (record timestamp) to profile written",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
 STORE_RETRIES = Counter("interest_store_unavailable_total", "Batches retried because the store was down")
 BATCH_FAILURES = Counter("interest_batch_failures_total", "Batches that failed with a non-transient error")
 LAG = Gauge("interest_consumer_lag", "Messages behind the high-water mark", ["topic", "partition"])

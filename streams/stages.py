@@ -22,6 +22,7 @@ lets an exception escape: a crashed Faust agent leaves the worker stuck.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -251,6 +252,7 @@ def delivering(send: Send, settings: Settings, backoff: Backoff, what: str) -> S
 class RawMessage:
     source: Source
     value: bytes | None
+    produced_ms: int | None = None  # the Kafka record's timestamp
 
 def raw_batch(events: Any) -> list[RawMessage]:
     """Faust events -> the stages' typed input (topic, partition, offset, key, bytes)."""
@@ -258,7 +260,9 @@ def raw_batch(events: Any) -> list[RawMessage]:
     for event in events:
         msg = event.message
         raw = msg.value if isinstance(msg.value, bytes) else event.value
-        out.append(RawMessage(Source(msg.topic, msg.partition, msg.offset, msg.key), raw))
+        stamp = getattr(msg, "timestamp", None)  # seconds (float) in Faust
+        produced = int(stamp * 1000) if isinstance(stamp, int | float) and stamp > 0 else None
+        out.append(RawMessage(Source(msg.topic, msg.partition, msg.offset, msg.key), raw, produced))
     return out
 
 
@@ -305,6 +309,8 @@ class IngestStage:
                 platform, action = topic_platform_action(src.topic)
                 decoded = self.normalizer.decode(raw, platform, action)
                 for canonical in decoded.events:
+                    if msg.produced_ms is not None:
+                        canonical = dataclasses.replace(canonical, produced_ms=msg.produced_ms)
                     records.append(canonical)
                     accepted[(canonical.platform, canonical.action)] += 1
                 for why, element in decoded.rejected:

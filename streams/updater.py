@@ -151,7 +151,8 @@ class BatchReport:
     model_version: str | None = None
     encode_s: float = 0.0
     write_s: float = 0.0
-    freshness_ms: list[float] = field(default_factory=list)
+    freshness_ms: list[float] = field(default_factory=list)  # newest event time -> written
+    produced_to_written_ms: list[float] = field(default_factory=list)  # reached Kafka -> written
     written: list[str] = field(default_factory=list)
 
 
@@ -165,6 +166,7 @@ class _Work:
     new_links: dict[str, str] = field(default_factory=dict)
     changed: list[PersonState] = field(default_factory=list)
     erased: dict[str, int] = field(default_factory=dict)
+    produced: dict[str, int] = field(default_factory=dict)  # person -> newest Kafka timestamp of the batch
 
 
 class ModelUnavailable(StoreUnavailable):
@@ -340,6 +342,8 @@ class ProfileUpdater:
             for rec in work.by_person[person]:
                 if isinstance(rec, CanonicalEvent):
                     events.append(rec.to_seq_event())
+                    if rec.produced_ms is not None:
+                        work.produced[person] = max(work.produced.get(person, 0), rec.produced_ms)
                 elif isinstance(rec, ForgetRequest):
                     mark = work.erased[person] = max(work.erased.get(person, 0), rec.erased_ms)
                     # Drop what the erasure covers, keep what came after it (already stored on its own).
@@ -395,6 +399,9 @@ class ProfileUpdater:
             self.caches.setdefault(self.partition_of(state.person_id), {})[state.person_id] = state
             work.report.written.append(state.person_id)
             work.report.freshness_ms.append(float(done - state.last_ts_ms))
+            produced = work.produced.get(state.person_id)
+            if produced is not None:
+                work.report.produced_to_written_ms.append(float(done - produced))
         for person, mark in work.erased.items():
             self.erased.setdefault(self.partition_of(person), {})[person] = mark
             if any(isinstance(r, ForgetRequest) for r in work.by_person.get(person, ())):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 from kafka.partitioner.default import murmur2
@@ -25,6 +27,8 @@ FORGET = ForgetRequest("p1", 1_700_000_001_000)
 
 def test_every_kind_survives_the_wire_unchanged() -> None:
     assert decode_envelope(encode_envelope([EVENT, LINK, FORGET])) == [EVENT, LINK, FORGET]
+    stamped = dataclasses.replace(EVENT, produced_ms=1_700_000_000_123)  # the ingest stage's Kafka timestamp
+    assert decode_envelope(encode_envelope([stamped])) == [stamped]
 
 
 def test_the_wire_form_is_the_documented_one() -> None:
