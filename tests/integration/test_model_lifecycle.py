@@ -56,7 +56,7 @@ def assert_exactly_once(settings: Any, oracle: dict[str, Expected], worker: Work
     states = scan(settings, "-")["states"]
     assert {p: s.event_count for p, s in states.items()} == {p: e.count for p, e in oracle.items()}
     for person, exp in oracle.items():
-        assert [e.event_id for e in states[person].events] == exp.window(200), person
+        assert [e.event_id for e in states[person].events] == exp.window(settings.seq_len), person
     text = worker.get("/metrics")[1]
     produced = sum(e.count for e in oracle.values())
     applied = metric_value(text, "interest_events_applied_total")
@@ -69,7 +69,7 @@ def test_hot_swap_mid_stream_reencode_and_rollback(
     make_settings: Any, registry_with_two: tuple[Registry, str, str], tmp_path: Path
 ) -> None:
     registry, v1, v2 = registry_with_two
-    settings = make_settings(registry=str(registry.root), seq_len=200, model_check_interval_s=3600)
+    settings = make_settings(registry=str(registry.root), model_check_interval_s=3600)
     traffic = SyntheticTraffic(load_adapters(), users=30, items=300, seed=31)
     events = list(traffic.events(900, int(time.time() * 1000) - 3_600_000, step_ms=100))
     quiet = {f"u{i}" for i in range(5)}  # people who act only before the swap

@@ -64,7 +64,7 @@ def test_oversized_input_is_dead_lettered_and_the_worker_keeps_up(
     make_settings: Any, model_registry: tuple[str, str], tmp_path: Path, producer_limit: int | None
 ) -> None:
     registry, version = model_registry
-    settings = make_settings(registry=registry, topic_partitions=1, seq_len=999, batch_size=500)
+    settings = make_settings(registry=registry, topic_partitions=1, batch_size=500)
     ensure_topics(settings, worker_topics(settings))
     topic = next(t for t in settings.raw_topics() if t.endswith("events.web.click"))
 
