@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from interest.query_cmd import _iso, top_items
 from schemas.sequence import PersonState, Profile
 
 TIMELINE = 50
 TOP_K = 10
 RETRY_LOAD_S = 30.0  # a version that failed to load is tried again after this
 
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -85,15 +82,7 @@ def signature(state: PersonState | None, prof: Profile | None) -> str:
 
 
 def _top(runtime: Any, vector: np.ndarray, seen: set[str]) -> list[tuple[str, float]]:
-    scores = runtime.item_matrix @ np.asarray(vector, dtype=np.float32)
-    out = []
-    for i in np.argsort(-scores):
-        item = runtime.item_ids[int(i)]
-        if item not in seen:
-            out.append((item, float(scores[int(i)])))
-            if len(out) == TOP_K:
-                break
-    return out
+    return top_items(vector, runtime.item_ids, runtime.item_matrix, seen, TOP_K)
 
 
 def build_view(person: str, state: PersonState | None, prof: Profile | None, runtime: Any,

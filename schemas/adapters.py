@@ -254,7 +254,8 @@ class PlatformAdapter:
                 f"(platform {self.platform}; largest: '{largest}', {sizes[largest]} bytes)",
             )
 
-    def to_canonical(self, obj: dict[str, Any], topic_action: str | None, now_ms: int) -> CanonicalEvent:
+    def to_canonical(self, obj: dict[str, Any], topic_action: str | None, now_ms: int,
+                     produced_ms: int | None = None) -> CanonicalEvent:
         """Map one raw JSON object; raises ``_Invalid`` (caught by ``Normalizer``)."""
         person = self._id(obj, self.person_field, required=False)
         device = self._id(obj, self.device_field, required=False)
@@ -310,6 +311,7 @@ class PlatformAdapter:
             price=None if price is None else price * self.price_scale,
             quantity=None if quantity is None else int(quantity),
             attributes=attributes,
+            produced_ms=produced_ms,
         )
 
 

@@ -99,8 +99,10 @@ class Normalizer:
         return Rejected("unknown_platform", f"unknown platform {platform!r} (known: {known})")
 
     def decode(
-        self, raw: bytes | None, platform: str, topic_action: str | None = None, now: int | None = None
+        self, raw: bytes | None, platform: str, topic_action: str | None = None, now: int | None = None,
+        produced_ms: int | None = None,
     ) -> Decoded:
+        """``produced_ms`` (the Kafka record's timestamp) is stamped on every event the message holds."""
         adapter = self.adapters.get(platform)
         if adapter is None:
             return Decoded([], [(self.unknown_platform(platform), raw or b"")])
@@ -115,13 +117,14 @@ class Normalizer:
         now = now_ms() if now is None else now
         if "events" not in value:
             try:
-                return Decoded([adapter.to_canonical(value, topic_action, now)], [])
+                return Decoded([adapter.to_canonical(value, topic_action, now, produced_ms)], [])
             except _Invalid as exc:
                 return Decoded([], [(Rejected(exc.reason, exc.message), raw or b"")])
-        return self._envelope(adapter, value, topic_action, now, raw or b"")
+        return self._envelope(adapter, value, topic_action, now, raw or b"", produced_ms)
 
     def _envelope(
-        self, adapter: PlatformAdapter, value: dict[str, Any], topic_action: str | None, now: int, raw: bytes
+        self, adapter: PlatformAdapter, value: dict[str, Any], topic_action: str | None, now: int, raw: bytes,
+        produced_ms: int | None = None,
     ) -> Decoded:
         items = value["events"]
         if not isinstance(items, list):
@@ -138,7 +141,7 @@ class Normalizer:
                 continue
             merged = {**shared, **item} if shared else item
             try:
-                events.append(adapter.to_canonical(merged, topic_action, now))
+                events.append(adapter.to_canonical(merged, topic_action, now, produced_ms))
             except _Invalid as exc:
                 rejected.add(Rejected(exc.reason, exc.message, index), merged)
         return Decoded(events, rejected.items)

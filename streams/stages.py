@@ -22,7 +22,6 @@ lets an exception escape: a crashed Faust agent leaves the worker stuck.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -307,10 +306,8 @@ class IngestStage:
                         metrics.LINKS_IN.inc()
                     continue
                 platform, action = topic_platform_action(src.topic)
-                decoded = self.normalizer.decode(raw, platform, action)
+                decoded = self.normalizer.decode(raw, platform, action, produced_ms=msg.produced_ms)
                 for canonical in decoded.events:
-                    if msg.produced_ms is not None:
-                        canonical = dataclasses.replace(canonical, produced_ms=msg.produced_ms)
                     records.append(canonical)
                     accepted[(canonical.platform, canonical.action)] += 1
                 for why, element in decoded.rejected:

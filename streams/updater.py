@@ -210,7 +210,6 @@ class ProfileUpdater:
         self.person_topic = settings.person_topic
         self.partitions = settings.person_partitions
         self.caches: dict[int, dict[str, PersonState]] = {}
-        self.erased: dict[int, dict[str, int]] = {}
 
     def partition_of(self, person_id: str) -> int:
         return person_partition(person_id, self.partitions)
@@ -218,7 +217,6 @@ class ProfileUpdater:
     def drop_partitions(self, partitions: Sequence[int]) -> None:
         for part in partitions:
             self.caches.pop(part, None)
-            self.erased.pop(part, None)
 
     def cached_people(self) -> int:
         return sum(len(c) for c in self.caches.values())
@@ -242,11 +240,7 @@ class ProfileUpdater:
             self.store.load_erasures(people),
             self.store.load_states(missing) if missing else _no_states(),
         )
-        erased = {p: m.erased_ms for p, m in marks.items()}
-        for person in people:
-            mark = self.erased.get(self.partition_of(person), {}).get(person)
-            if mark is not None:
-                erased[person] = max(erased.get(person, 0), mark)
+        erased = {p: m.erased_ms for p, m in marks.items()}  # the store's markers: no copy of them is kept here
         stale = [p for p, s in cached.items() if p in erased and s.events and s.events[0].ts_ms <= erased[p]]
         if stale:
             for person in stale:
@@ -402,8 +396,7 @@ class ProfileUpdater:
             produced = work.produced.get(state.person_id)
             if produced is not None:
                 work.report.produced_to_written_ms.append(float(done - produced))
-        for person, mark in work.erased.items():
-            self.erased.setdefault(self.partition_of(person), {})[person] = mark
+        for person in work.erased:
             if any(isinstance(r, ForgetRequest) for r in work.by_person.get(person, ())):
                 self.caches.get(self.partition_of(person), {}).pop(person, None)
         for anon_id in work.new_links:
