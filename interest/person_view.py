@@ -69,7 +69,7 @@ class PersonView:
     recommendations: list[dict[str, Any]] = field(default_factory=list)
     left_top: list[str] = field(default_factory=list)  # items the last event pushed out of the top
     attribution: dict[str, Any] | None = None
-    interests: list[dict[str, Any]] = field(default_factory=list)  # filled once profiles carry interests
+    interests: list[dict[str, Any]] = field(default_factory=list)  # weight, representative items, top items
     signature: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,6 +100,7 @@ def build_view(person: str, state: PersonState | None, prof: Profile | None, run
         view.updated = _iso(prof.updated_ms)
         view.freshness_s = round((now - prof.updated_ms) / 1000, 3)
         view.write_latency_ms = float(prof.updated_ms - prof.last_ts_ms)
+        view.interests = [{"weight": round(i.weight, 4), "items": list(i.items)} for i in prof.interests]
     if runtime is None or prof is None or state is None or not state.events:
         return view
     seen = {e.item_id for e in state.events}
@@ -109,6 +110,8 @@ def build_view(person: str, state: PersonState | None, prof: Profile | None, run
     view.recommendations = [{"item_id": i, "score": round(s, 4), "new": bool(before_top) and i not in before_top}
                             for i, s in now_top]
     view.left_top = sorted(before_top - {i for i, _ in now_top})
+    for shown, interest in zip(view.interests, prof.interests, strict=True):
+        shown["recommended"] = [i for i, _ in _top(runtime, np.asarray(interest.vector), seen)[:3]]
     if now_top:
         from model.explain import explain
 

@@ -47,6 +47,8 @@ def profile_dict(p: Any) -> dict[str, Any]:
         "platforms": {k: _iso(v) for k, v in sorted(p.platforms.items())},
         "updated": _iso(p.updated_ms), "write_ts": p.write_ts,
         "vector": [round(float(x), 6) for x in p.vector],
+        "interests": [{"weight": round(i.weight, 4), "items": list(i.items),
+                       "vector": [round(float(x), 6) for x in i.vector]} for i in p.interests],
     }
 
 
@@ -55,6 +57,17 @@ def top_items(vector: np.ndarray, items: list[str], vectors: np.ndarray, seen: s
     """Top-k items by dot product (item vectors carry a bias term: not cosine), history excluded."""
     scores = np.asarray(vectors, dtype=np.float32) @ vector.astype(np.float32)
     return [(items[i], float(scores[i])) for i in np.argsort(-scores) if items[i] not in seen][:k]
+
+
+def diverse_items(row: Any, items: list[str], vectors: np.ndarray, seen: set[str],
+                  k: int) -> list[tuple[str, float, int]]:
+    """``k`` items mixing each interest's own top items by the interest's weight: (item, score, interest)."""
+    from model.interests import mix_ranked
+
+    if not row.interests:
+        return [(i, s, 0) for i, s in top_items(row.vector, items, vectors, seen, k)]
+    ranked = [top_items(np.asarray(i.vector), items, vectors, seen, k) for i in row.interests]
+    return mix_ranked(ranked, [i.weight for i in row.interests], k)
 
 
 def profile(
@@ -87,15 +100,22 @@ def profile(
         typer.echo(f"  events {data['first_event']} .. {data['last_event']}  platforms "
                    + ", ".join(f"{k}@{v}" for k, v in data["platforms"].items()))
         typer.echo("  vector[:8] " + " ".join(f"{x:+.3f}" for x in row.vector[:8]) + f" ... (dim {data['dim']})")
+        for n, interest in enumerate(row.interests, 1):
+            typer.echo(f"  interest {n}  weight {interest.weight:.2f}  items " + ", ".join(interest.items))
 
 
 def recommend(
     person: str,
     k: Annotated[int, typer.Option("-k", help="How many items")] = 10,
     version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
+    diverse: Annotated[bool, typer.Option("--diverse", help="Mix items from each of the person's interests")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Top-k items for a person from the model's item index, history excluded."""
+    """Top-k items for a person from the model's item index, history excluded.
+
+    ``--diverse`` gives each of the person's interests slots in proportion to its
+    weight, filled with that interest's own nearest items.
+    """
     from model.registry import Registry
 
     settings = settings_or_exit()
@@ -112,13 +132,17 @@ def recommend(
         raise typer.Exit(1)
     items, vectors = Registry(settings.registry).item_index(ver)
     seen = {e.item_id for e in state.events} if state else set()
-    out = top_items(row.vector, items, vectors, seen, k)
+    if diverse and not row.interests:
+        typer.echo(f"note: {person!r} has no interests stored (yet); ranking by the single vector", err=True)
+    mixed = diverse_items(row, items, vectors, seen, k) if diverse else [
+        (i, s, None) for i, s in top_items(row.vector, items, vectors, seen, k)]
     if as_json:
-        typer.echo(json.dumps({"person_id": person, "model_version": ver,
-                               "items": [{"item_id": i, "score": s} for i, s in out]}))
+        typer.echo(json.dumps({"person_id": person, "model_version": ver, "diverse": diverse,
+                               "items": [{"item_id": i, "score": s} | ({} if n is None else {"interest": n + 1})
+                                         for i, s, n in mixed]}))
         return
-    for rank, (item, score) in enumerate(out, 1):
-        typer.echo(f"{rank:>3}. {item}  {score:.4f}")
+    for rank, (item, score, n) in enumerate(mixed, 1):
+        typer.echo(f"{rank:>3}. {item}  {score:.4f}" + ("" if n is None else f"  (interest {n + 1})"))
 
 
 def similar(

@@ -93,9 +93,24 @@ class PersonState:
     write_ts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Interest:
+    """One of a person's several interests: a direction in the model's item space.
+
+    ``vector`` is a unit vector in the space the model scores items in
+    (``score = vector . item``), ``weight`` the interest's share of the
+    person's recent, action-weighted events (a profile's weights sum to 1),
+    ``items`` its representative items, the medoid first.
+    """
+
+    vector: np.ndarray
+    weight: float
+    items: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class Profile:
-    """One interest vector of one person in one model's embedding space.
+    """One interest vector (and up to K interests) of one person in one model's embedding space.
 
     Rows are keyed by ``(person_id, model_version)``: a new model never
     overwrites vectors of another embedding space.  ``write_ts`` is the
@@ -112,6 +127,7 @@ class Profile:
     platforms: dict[str, int]
     write_ts: int
     updated_ms: int
+    interests: tuple[Interest, ...] = ()  # heaviest first; empty when the worker computes none
 
 
 @dataclass(frozen=True, slots=True)

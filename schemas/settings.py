@@ -114,6 +114,10 @@ class Settings(BaseSettings):
         description="Person-topic messages per update batch (each <= 500 records): bounds a catch-up's memory",
     )
     seq_len: int = Field(50, ge=1, le=999, description="Events kept per person")
+    interests_max: int = Field(
+        3, ge=0, le=10,
+        description="Interests kept per person beside the vector (clusters of their recent items; 0: none)",
+    )
     retry_attempts: int = Field(3, ge=0, le=100, description="Retries of a failing batch before DLQ")
     retry_backoff_ms: int = Field(200, ge=1)
     retry_backoff_max_ms: int = Field(10_000, ge=1)

@@ -32,6 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
+from model.interests import person_interests
 from schemas.events import CanonicalEvent, IdentityLink, parse_anon_id
 from schemas.records import (
     ForgetRequest,
@@ -42,7 +43,7 @@ from schemas.records import (
     person_partition,
     record_owner,
 )
-from schemas.sequence import IdentityLinkRecord, PersonState, Profile, SeqEvent, window_write_ts
+from schemas.sequence import IdentityLinkRecord, Interest, PersonState, Profile, SeqEvent, window_write_ts
 from schemas.settings import Settings
 from streams.faults import crash_point, fail_if_poisoned
 from streams.stores.base import ProfileStore, StoreBatch, StoreUnavailable
@@ -207,6 +208,7 @@ class ProfileUpdater:
         self.model_expected = model_expected
         self.send = send
         self.max_len = settings.seq_len
+        self.interests_max = settings.interests_max
         self.person_topic = settings.person_topic
         self.partitions = settings.person_partitions
         self.caches: dict[int, dict[str, PersonState]] = {}
@@ -364,17 +366,27 @@ class ProfileUpdater:
             return
         report = work.report
         started = time.perf_counter()
-        vectors = await asyncio.to_thread(encoder.encode, [s.events for s in work.changed])
+        vectors, interests = await asyncio.to_thread(self._vectors, encoder, [s.events for s in work.changed])
         report.encode_s = time.perf_counter() - started
         report.encoded = len(work.changed)
         report.model_version = encoder.version
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        for state, vector in zip(work.changed, vectors, strict=True):
+        for state, vector, kept in zip(work.changed, vectors, interests, strict=True):
             work.batch.profiles.append(Profile(
                 state.person_id, encoder.version, np.asarray(vector, dtype=np.float32),
                 state.event_count, state.first_ts_ms, state.last_ts_ms, dict(state.platforms),
-                state.write_ts, now,
+                state.write_ts, now, kept,
             ))
+
+    def _vectors(
+        self, encoder: Encoder, sequences: list[list[SeqEvent]]
+    ) -> tuple[np.ndarray, list[tuple[Interest, ...]]]:
+        """The vectors and (when the encoder has an item index) the interests, in one worker-thread hop."""
+        vectors = encoder.encode(sequences)
+        item_vectors = getattr(encoder, "item_vectors", None)
+        if item_vectors is None or self.interests_max == 0:
+            return vectors, [() for _ in sequences]
+        return vectors, person_interests(item_vectors, sequences, k=self.interests_max, window=self.max_len)
 
     async def _write(self, work: _Work) -> None:
         """Step 4: one idempotent ``write_batch`` of states, profiles, links and removals."""

@@ -46,7 +46,15 @@ from schemas.sequence import (
 from streams.faults import crash_point
 from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
 from streams.stores.cassandra_config import CassandraConfig, build_cluster, load_queries, render_cql
-from streams.stores.codec import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes
+from streams.stores.codec import (
+    INIT_HINT,
+    pack_events,
+    pack_interests,
+    top_k,
+    unpack_events,
+    unpack_interests,
+    vector_bytes,
+)
 
 _TRANSIENT = (
     cassandra.RequestExecutionException,
@@ -57,6 +65,7 @@ _TRANSIENT = (
 )
 _COUNTS = attrgetter("event_count", "first_ts_ms", "last_ts_ms", "platforms", "write_ts")
 _MARSHAL = "org.apache.cassandra.db.marshal."
+ADDED_COLUMNS = (("profiles", "interests", "blob"),)  # (table, column, type) added after the first release
 Page = tuple[list[Any], bytes | None]
 
 
@@ -228,11 +237,27 @@ class CassandraStore:
                 raise StoreError(f"Cassandra rejected the schema{hint}: {exc}") from exc
             except BaseException as exc:
                 raise translate(exc, self.cfg) from exc
+        await self._add_missing_columns(session)
         await self.open()
         if self.dim is not None and self.dim != vector_dim:
             raise StoreError(
                 f"{self.cfg.keyspace}.profiles holds vector<float, {self.dim}>, not {vector_dim}"
             )
+
+    async def _add_missing_columns(self, session: Session) -> None:
+        """Columns added since a keyspace may have been created (CREATE TABLE IF NOT EXISTS keeps old tables)."""
+        ks = self.cfg.keyspace
+        for table, column, ctype in ADDED_COLUMNS:
+            try:
+                await asyncio.to_thread(session.prepare, f"SELECT {column} FROM {ks}.{table} LIMIT 1")
+                continue
+            except cassandra.InvalidRequest:
+                pass  # undefined column: add it
+            try:
+                await asyncio.to_thread(session.execute, f"ALTER TABLE {ks}.{table} ADD {column} {ctype}",
+                                        timeout=max(self.cfg.request_timeout_s, 60.0))
+            except BaseException as exc:
+                raise translate(exc, self.cfg) from exc
 
     # -- async execution -------------------------------------------------
     def _submit(
@@ -319,7 +344,8 @@ class CassandraStore:
         """Phase 1: profiles, which a replay cannot rebuild once the state has landed."""
         for p in batch.profiles:
             vector = p.vector if self.native else vector_bytes(p.vector)
-            yield "put_profile", (p.person_id, p.model_version, vector, *_COUNTS(p), p.updated_ms, p.write_ts)
+            yield "put_profile", (p.person_id, p.model_version, vector, *_COUNTS(p), p.updated_ms,
+                                  pack_interests(p.interests) or None, p.write_ts)
 
     def _second_items(self, batch: StoreBatch) -> Iterable[tuple[str, Sequence[Any]]]:
         """Phase 2: states and the removal of moved device states, once phase 1 is acknowledged."""
@@ -431,17 +457,7 @@ def _state(row: Sequence[Any]) -> PersonState:
 
 
 def _profile(row: Sequence[Any]) -> Profile:
-    pid, version, raw, count, first, last, platforms, write_ts, updated_ms = row
+    pid, version, raw, count, first, last, platforms, write_ts, updated_ms, interests = row
     vector = np.frombuffer(raw, dtype="<f4").copy() if isinstance(raw, bytes) else np.asarray(raw, np.float32)
-    platforms_dict = dict(platforms or {})
-    return Profile(
-        pid,
-        version,
-        vector,
-        count or 0,
-        first or 0,
-        last or 0,
-        platforms_dict,
-        write_ts or 0,
-        updated_ms or 0,
-    )
+    return Profile(pid, version, vector, count or 0, first or 0, last or 0, dict(platforms or {}), write_ts or 0,
+                   updated_ms or 0, unpack_interests(interests))

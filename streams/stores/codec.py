@@ -6,12 +6,13 @@ editing SQLite cannot change Cassandra.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import numpy as np
 import orjson
 
-from schemas.sequence import SeqEvent
+from schemas.sequence import Interest, SeqEvent
 
 INIT_HINT = "run `interest store init`"
 
@@ -32,6 +33,28 @@ def vector_bytes(vector: np.ndarray) -> bytes:
 
 def vector_from_bytes(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def pack_interests(interests: Sequence[Interest]) -> bytes:
+    """A profile's interests as one blob: u32 header length, JSON ``[[weight, [items...]], ...]``, float32 vectors.
+
+    Empty bytes for none.  One blob (not a table of rows) because interests are
+    always read and replaced together with their profile, under its timestamp.
+    """
+    if not interests:
+        return b""
+    header = orjson.dumps([[float(i.weight), list(i.items)] for i in interests])
+    vectors = np.stack([np.asarray(i.vector, dtype="<f4").reshape(-1) for i in interests])
+    return struct.pack("<I", len(header)) + header + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+def unpack_interests(raw: bytes | None) -> tuple[Interest, ...]:
+    if not raw:
+        return ()
+    (size,) = struct.unpack_from("<I", raw)
+    header = orjson.loads(raw[4 : 4 + size])
+    vectors = np.frombuffer(raw[4 + size :], dtype="<f4").astype(np.float32).reshape(len(header), -1)
+    return tuple(Interest(vectors[n], float(w), tuple(items)) for n, (w, items) in enumerate(header))
 
 
 def top_k(

@@ -38,7 +38,16 @@ import orjson
 
 from schemas.sequence import ErasureMarker, IdentityLinkRecord, PersonState, Profile, erasure_write_ts
 from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
-from streams.stores.codec import INIT_HINT, pack_events, top_k, unpack_events, vector_bytes, vector_from_bytes
+from streams.stores.codec import (
+    INIT_HINT,
+    pack_events,
+    pack_interests,
+    top_k,
+    unpack_events,
+    unpack_interests,
+    vector_bytes,
+    vector_from_bytes,
+)
 
 T = TypeVar("T")
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
@@ -52,7 +61,7 @@ CREATE TABLE IF NOT EXISTS sequences (
 CREATE TABLE IF NOT EXISTS profiles (
     person_id TEXT NOT NULL, model_version TEXT NOT NULL, vector BLOB NOT NULL,
     event_count INTEGER NOT NULL, first_ts_ms INTEGER NOT NULL, last_ts_ms INTEGER NOT NULL,
-    platforms BLOB NOT NULL, write_ts INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    platforms BLOB NOT NULL, write_ts INTEGER NOT NULL, updated_ms INTEGER NOT NULL, interests BLOB,
     PRIMARY KEY (person_id, model_version)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS profiles_by_version ON profiles (model_version);
@@ -74,7 +83,8 @@ _COUNTS = attrgetter("event_count", "first_ts_ms", "last_ts_ms")
 
 _SEQ_COLS = "person_id, events, event_count, first_ts_ms, last_ts_ms, platforms, write_ts"
 _PROFILE_COLS = (
-    "person_id, model_version, vector, event_count, first_ts_ms, last_ts_ms, platforms, write_ts, updated_ms"
+    "person_id, model_version, vector, event_count, first_ts_ms, last_ts_ms, platforms, write_ts, updated_ms, "
+    "interests"
 )
 _UPSERT_STATE = f"""
 INSERT INTO sequences ({_SEQ_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
@@ -84,11 +94,12 @@ ON CONFLICT (person_id) DO UPDATE SET events = excluded.events, event_count = ex
     write_ts = excluded.write_ts
 WHERE excluded.write_ts >= sequences.write_ts"""
 _UPSERT_PROFILE = f"""
-INSERT INTO profiles ({_PROFILE_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+INSERT INTO profiles ({_PROFILE_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
 WHERE NOT EXISTS (SELECT 1 FROM person_tombstones WHERE person_id = ?1 AND delete_ts >= ?8)
 ON CONFLICT (person_id, model_version) DO UPDATE SET vector = excluded.vector,
     event_count = excluded.event_count, first_ts_ms = excluded.first_ts_ms, last_ts_ms = excluded.last_ts_ms,
-    platforms = excluded.platforms, write_ts = excluded.write_ts, updated_ms = excluded.updated_ms
+    platforms = excluded.platforms, write_ts = excluded.write_ts, updated_ms = excluded.updated_ms,
+    interests = excluded.interests
 WHERE excluded.write_ts >= profiles.write_ts"""
 _UPSERT_LINK = """
 INSERT INTO identity_links (anon_person_id, person_id, ts_ms) SELECT ?1, ?2, ?3
@@ -128,9 +139,10 @@ def _state_from_row(row: Sequence[Any]) -> PersonState:
 
 
 def _profile_from_row(row: Sequence[Any]) -> Profile:
-    pid, version, vector, count, first, last, platforms, write_ts, updated_ms = row
+    pid, version, vector, count, first, last, platforms, write_ts, updated_ms, interests = row
     vec = vector_from_bytes(vector)
-    return Profile(pid, version, vec, count, first, last, orjson.loads(platforms), write_ts, updated_ms)
+    return Profile(pid, version, vec, count, first, last, orjson.loads(platforms), write_ts, updated_ms,
+                   unpack_interests(interests))
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -259,7 +271,7 @@ class SqliteStore:
         ]
         profiles = [
             (p.person_id, p.model_version, vector_bytes(p.vector), *_COUNTS(p), orjson.dumps(p.platforms))
-            + (p.write_ts, p.updated_ms)
+            + (p.write_ts, p.updated_ms, pack_interests(p.interests) or None)
             for p in batch.profiles
         ]
         links = [(link.anon_person_id, link.person_id, link.ts_ms) for link in batch.links]
@@ -327,6 +339,8 @@ def _check_schema(conn: sqlite3.Connection, path: str) -> int | None:
     missing = [t for t in _TABLES if t not in present]
     if missing:
         raise StoreError(f"SQLite database {path} is missing tables {', '.join(missing)}; {INIT_HINT}")
+    if "interests" not in _columns(conn, "profiles"):
+        raise StoreError(f"SQLite database {path} has an older schema (no interests column); {INIT_HINT} to upgrade")
     row = conn.execute("SELECT value FROM meta WHERE key = 'vector_dim'").fetchone()
     return int(row[0]) if row else None
 
@@ -342,23 +356,32 @@ def _init_schema(conn: sqlite3.Connection, vector_dim: int) -> None:
     _migrate(conn)
 
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Version 2: write timestamps are event ms * 2**20 (``schemas.sequence``), no longer microseconds.
+    """Bring an older file to this schema, in one transaction.
 
-    Old rows' ``write_ts`` stay as they are (any new write outranks them), but an
-    erasure's tombstone must keep shadowing what it erased: it is rewritten at
-    ``erasure_write_ts`` of its millisecond.
+    * Version 2: write timestamps are event ms * 2**20 (``schemas.sequence``),
+      no longer microseconds.  Old rows' ``write_ts`` stay as they are (any new
+      write outranks them), but an erasure's tombstone must keep shadowing what
+      it erased: it is rewritten at ``erasure_write_ts`` of its millisecond.
+    * Version 3: profiles carry their interests (a nullable blob: rows written
+      before it read as "no interests" until the person's next event).
     """
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is not None and row[0] == SCHEMA_VERSION:
+    if row is not None and row[0] == SCHEMA_VERSION and "interests" in _columns(conn, "profiles"):
         return
     with _transaction(conn):
         if row is not None and row[0] == "1":
             for table in ("person_tombstones", "link_tombstones"):
                 conn.execute(f"UPDATE {table} SET delete_ts = ((delete_ts / 1000) << 20) | {(1 << 20) - 1}")
+        if "interests" not in _columns(conn, "profiles"):
+            conn.execute("ALTER TABLE profiles ADD COLUMN interests BLOB")
         conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (SCHEMA_VERSION,))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .framing import already_exists, invalid, syntax_error
-from .statements import CreateIndex, CreateKeyspace, CreateTable, Drop
+from .statements import AlterTableAdd, CreateIndex, CreateKeyspace, CreateTable, Drop
 from .storage import IndexDef, Keyspace, Table
 from .system import is_system
 
@@ -23,7 +23,7 @@ Change = tuple[str, str, str, str]
 
 
 def apply_ddl(
-    db: Database, stmt: CreateKeyspace | CreateTable | CreateIndex | Drop, session_ks: str | None
+    db: Database, stmt: CreateKeyspace | CreateTable | CreateIndex | Drop | AlterTableAdd, session_ks: str | None
 ) -> Change | None:
     """Apply a schema statement; returns the SCHEMA_CHANGE to report, or None for a no-op."""
     if isinstance(stmt, CreateKeyspace):
@@ -32,7 +32,19 @@ def apply_ddl(
         return _create_table(db, stmt, session_ks)
     if isinstance(stmt, CreateIndex):
         return _create_index(db, stmt, session_ks)
+    if isinstance(stmt, AlterTableAdd):
+        return _add_column(db, stmt, session_ks)
     return _drop(db, stmt, session_ks)
+
+
+def _add_column(db: Database, stmt: AlterTableAdd, session_ks: str | None) -> Change:
+    table = db.table_of(stmt.keyspace, stmt.table, session_ks)
+    if stmt.column in table.columns:
+        raise invalid(f"Invalid column name {stmt.column} because it conflicts with an existing column")
+    if stmt.ctype.name == "vector" and not db.supports_vectors:
+        raise syntax_error(f"line 1: no viable alternative at input 'vector' ({stmt.column})")
+    table.columns[stmt.column] = stmt.ctype
+    return ("UPDATED", "TABLE", table.keyspace, table.name)
 
 
 def _create_keyspace(db: Database, stmt: CreateKeyspace) -> Change | None:

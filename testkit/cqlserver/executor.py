@@ -20,6 +20,7 @@ from .framing import UNSET, Value, invalid
 from .parser import parse
 from .query import run_select
 from .statements import (
+    AlterTableAdd,
     CreateIndex,
     CreateKeyspace,
     CreateTable,
@@ -192,7 +193,7 @@ class Database:
         if isinstance(stmt, Truncate):
             self.table_of(stmt.keyspace, stmt.table, session_ks).partitions.clear()
             return Void()
-        if isinstance(stmt, CreateKeyspace | CreateTable | CreateIndex | Drop):
+        if isinstance(stmt, CreateKeyspace | CreateTable | CreateIndex | Drop | AlterTableAdd):
             change = apply_ddl(self, stmt, session_ks)
             if change is None:
                 return Void()

@@ -164,6 +164,7 @@ class _Parser:
             "DELETE": self.delete,
             "CREATE": self.create,
             "DROP": self.drop,
+            "ALTER": self.alter,
             "USE": self.use,
             "TRUNCATE": self.truncate,
         }
@@ -392,6 +393,15 @@ class _Parser:
         if_exists = self.accept("IF", "EXISTS")
         ks, name = self.qualified()
         return st.Drop(kind, ks, name, if_exists)
+
+    def alter(self) -> st.AlterTableAdd:
+        if not self.accept("TABLE"):
+            raise syntax_error("line 1: only ALTER TABLE ... ADD is supported here")
+        ks, table = self.qualified()
+        if not self.accept("ADD"):
+            raise syntax_error("line 1: only ALTER TABLE ... ADD is supported here")
+        column = self.ident()
+        return st.AlterTableAdd(ks, table, column, self.type_())
 
     def use(self) -> st.Use:
         return st.Use(self.ident())

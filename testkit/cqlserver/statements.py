@@ -118,6 +118,14 @@ class Drop:
 
 
 @dataclass(slots=True)
+class AlterTableAdd:
+    keyspace: str | None
+    table: str
+    column: str
+    ctype: CqlType
+
+
+@dataclass(slots=True)
 class Use:
     keyspace: str
 
@@ -129,5 +137,6 @@ class Truncate:
 
 
 Statement = (
-    Select | Insert | Update | Delete | CreateKeyspace | CreateTable | CreateIndex | Drop | Use | Truncate
+    Select | Insert | Update | Delete | CreateKeyspace | CreateTable | CreateIndex | Drop | AlterTableAdd | Use
+    | Truncate
 )

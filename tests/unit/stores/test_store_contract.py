@@ -264,3 +264,28 @@ def test_many_people_in_one_batch(store_env: StoreEnv) -> None:
     loaded = store_env.run(store.load_states(people + people[:10]))
     assert len(loaded) == 300
     assert store_env.run(store.count_profiles("v1")) == 300
+
+
+def test_interests_are_stored_read_and_replaced_with_their_profile(store_env: StoreEnv) -> None:
+    """Interests travel with the profile row: same version key, same timestamp, replaced together."""
+    from schemas.sequence import Interest
+
+    store, alice = store_env.store, pid()
+    first = (Interest(unit(11), 0.7, ("item-1", "item-2")), Interest(unit(12), 0.3, ("item-9",)))
+    older = profile(alice, "v1", 5_000)
+    older.interests = first
+    store_env.run(store.write_batch(StoreBatch(profiles=[older])))
+    got = store_env.run(store.get_profile(alice, "v1"))
+    assert got is not None and [(i.weight, i.items) for i in got.interests] == [(0.7, ("item-1", "item-2")),
+                                                                              (0.3, ("item-9",))]
+    assert np.allclose(got.interests[0].vector, unit(11)) and np.allclose(got.interests[1].vector, unit(12))
+    newer = profile(alice, "v1", 9_000)
+    newer.interests = (Interest(unit(13), 1.0, ("item-5",)),)
+    store_env.run(store.write_batch(StoreBatch(profiles=[newer])))
+    store_env.run(store.write_batch(StoreBatch(profiles=[older])))  # a replay of the older row changes nothing
+    rows = store_env.run(store.get_profiles(alice))
+    assert [(i.weight, i.items) for i in rows[0].interests] == [(1.0, ("item-5",))]
+    plain = profile(alice, "v2", 9_000)  # a row written without interests reads as none
+    store_env.run(store.write_batch(StoreBatch(profiles=[plain])))
+    got2 = store_env.run(store.get_profile(alice, "v2"))
+    assert got2 is not None and got2.interests == ()
