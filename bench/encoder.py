@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,15 +141,16 @@ def cpu_points(model: Any, onnx_path: Path, seq: int, batches: list[int], thread
     for batch in batches:
         feeds = featurize(full_sequences(batch, seq, seed=batch), model.spec, pad_to=seq)
         tensors = [torch.from_numpy(feeds[n]) for n in names]
-        ort_s = {n: time_call(lambda sess=sess, feeds=feeds: sess.run([output], feeds), min_time)
+        ort_s = {n: time_call(partial(sess.run, [output], feeds), min_time)
                  for n, sess in sessions.items()}
         torch_s: dict[int, float] = {}
         for n in sessions:
             torch.set_num_threads(n)
             with torch.no_grad():
-                torch_s[n] = time_call(lambda tensors=tensors: model(*tensors), min_time)
+                torch_s[n] = time_call(partial(model, *tensors), min_time)
         o_thr, t_thr = min(ort_s, key=ort_s.__getitem__), min(torch_s, key=torch_s.__getitem__)
-        point = {"seq": seq, "batch": batch, "ort_ms": round(ort_s[o_thr] * 1000, 3), "ort_threads": o_thr,
+        point: dict[str, Any] = {
+                 "seq": seq, "batch": batch, "ort_ms": round(ort_s[o_thr] * 1000, 3), "ort_threads": o_thr,
                  "torch_ms": round(torch_s[t_thr] * 1000, 3), "torch_threads": t_thr,
                  "ort_people_per_s": round(batch / ort_s[o_thr], 1),
                  "torch_people_per_s": round(batch / torch_s[t_thr], 1)}
@@ -187,8 +189,8 @@ def cuda_points(paths: dict[str, Path], spec: Any, seq: int, batches: list[int],
                 on_gpu = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), "cuda", 0)
                 device.bind_ortvalue_input(name, on_gpu)
             device.bind_output(output, "cuda", 0)
-            dev_s = time_call(lambda s=session, d=device: s.run_with_iobinding(d), min_time)
-            host_s = time_call(lambda s=session, o=output, f=feeds: _host_run(s, o, f), min_time)
+            dev_s = time_call(partial(session.run_with_iobinding, device), min_time)
+            host_s = time_call(partial(_host_run, session, output, feeds), min_time)
             point = {"precision": precision, "seq": seq, "batch": batch, "device_ms": round(dev_s * 1000, 3),
                      "host_ms": round(host_s * 1000, 3), "device_people_per_s": round(batch / dev_s, 1),
                      "host_people_per_s": round(batch / host_s, 1)}

@@ -60,17 +60,22 @@ def train_cmd(
     out_plot: Path | None = typer.Option(None, "--out-plot", help="PNG of loss and validation curves"),
     force: bool = typer.Option(False, "--force", help="Publish even if worse than the promoted version"),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Promote the new version"),
+    config: str = typer.Option("default", "--config", help="Named configuration: default, movielens, beauty"),
+    gate_tolerance: float | None = typer.Option(
+        None, "--gate-tolerance", min=0.0,
+        help="Accept a candidate this much worse (valid NDCG@10) than the promoted one "
+        "[default: INTEREST_QUALITY_GATE_TOLERANCE, 0]",
+    ),
 ) -> None:
     """Train (or fine-tune) the encoder, export ONNX, verify, publish; prints one JSON line.
 
-    Unset options take the defaults of ``model.trainer.TrainConfig`` (tuned on
-    MovieLens-100K).  With ``--from`` the network shape and feature spec come
+    Unset options take the named configuration (``--config``; ``default`` is
+    ``model.trainer.TrainConfig``, tuned on MovieLens-100K; ``beauty`` was chosen
+    on Amazon-Beauty's validation target).  With ``--from`` the network shape and feature spec come
     from the parent version and the shape options are ignored.
     """
-    from dataclasses import replace
-
     from model.registry import ModelRejected
-    from model.trainer import TrainConfig, train
+    from model.trainer import named_config, train
 
     source = _events_source(events, movielens)
     given: dict[str, Any] = {
@@ -88,7 +93,12 @@ def train_cmd(
         "time_budget_s": time_budget_s,
         "threads": threads,
     }
-    cfg = replace(TrainConfig(seed=seed), **{k: v for k, v in given.items() if v is not None})
+    try:
+        cfg = named_config(config, seed=seed, **given)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    tolerance = gate_tolerance if gate_tolerance is not None else _settings(registry).quality_gate_tolerance
     try:
         result = train(
             source,
@@ -99,6 +109,7 @@ def train_cmd(
             out_plot=out_plot,
             force=force,
             promote=promote,
+            gate_tolerance=tolerance,
         )
     except (ModelRejected, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

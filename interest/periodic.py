@@ -94,6 +94,7 @@ def run_round(settings: Settings, options: RoundOptions) -> dict[str, Any]:
                       progress=True, **options.extra)
     try:
         result = train(rows, settings.registry, cfg, from_version=warm, time_unit="ms", force=options.force,
+                       gate_tolerance=settings.quality_gate_tolerance,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except ModelRejected as exc:
         return {**summary, "published": False, "parent": parent, "reason": f"quality gate: {exc.reason}",

@@ -115,11 +115,16 @@ def evaluate_version(
     target: Target = "test",
     k: int = 10,
     use_gpu: str = "auto",
+    precision: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate a published version through the ONNX runtime, with the popularity baseline."""
+    """Evaluate a published version through the ONNX runtime, with the popularity baseline.
+
+    ``precision`` picks the graph (``auto``: the one a worker on this machine
+    loads; ``fp16``: the GPU workers' graph, also runnable on CPU).
+    """
     from model.runtime import EncoderRuntime
 
-    runtime = EncoderRuntime.load(registry_root, version, use_gpu=use_gpu)
+    runtime = EncoderRuntime.load(registry_root, version, use_gpu=use_gpu, precision=precision)
     split = leave_two_out(people)
     catalogue = catalogue_of(people)
     data = build_eval_set(split, catalogue, target)
@@ -129,6 +134,7 @@ def evaluate_version(
     return {
         "version": runtime.version,
         "target": target,
+        "precision": runtime.precision,
         f"ndcg@{k}": round(float(ours[f"ndcg@{k}"]), 6),
         f"hr@{k}": round(float(ours[f"hr@{k}"]), 6),
         "users": int(ours["users"]),

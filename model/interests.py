@@ -83,7 +83,7 @@ def person_interests(
         centres = np.where(norms > 1e-9, moved / np.maximum(norms, 1e-12), centres)
     sims = np.einsum("bld,bkd->blk", points, centres)
     member = np.argmax(sims, axis=2)
-    out = []
+    out: list[tuple[Interest, ...]] = []
     for b, seq in enumerate(seqs):
         n = len(seq)
         if n == 0:

@@ -90,7 +90,7 @@ def publish_trained(
     *,
     force: bool = False,
     promote: bool = True,
-    tolerance: float = 0.005,
+    tolerance: float = 0.0,
 ) -> tuple[str, dict[str, Any]]:
     """Export, evaluate through the runtime, and publish; returns (version, metrics)."""
     model, spec = trained.model, trained.spec

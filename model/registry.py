@@ -157,7 +157,7 @@ class Registry:
         *,
         promote: bool = True,
         force: bool = False,
-        tolerance: float = 0.005,
+        tolerance: float = 0.0,
         baseline: float | None = None,
     ) -> str:
         """Copy ``files`` into a new version, verify it, and make it visible atomically.
@@ -225,6 +225,7 @@ class Registry:
         manifest_update: Mapping[str, Any] | None = None,
         promote: bool = True,
         force: bool = False,
+        tolerance: float = 0.0,
     ) -> str:
         """Publish ``source``'s ``version`` here as a new version (same files, fresh name and checks).
 
@@ -235,7 +236,7 @@ class Registry:
                     if k not in ("version", "parent", "created", "sha256", "files")}
         manifest.update(manifest_update or {})
         files = {name: source.path(version) / name for name in source.manifest(version)["files"]}
-        return self.publish(files, manifest, promote=promote, force=force)
+        return self.publish(files, manifest, promote=promote, force=force, tolerance=tolerance)
 
     def _set_pointer(self, version: str, history: list[str], action: str) -> None:
         body = {"version": version, "history": history, "updated": time.time()}

@@ -85,10 +85,13 @@ class EncoderRuntime:
         manifest: dict[str, Any],
         use_gpu: str = "auto",
         threads: int | None = None,
+        precision: str = "auto",
     ) -> None:
         directory = Path(model_dir)
         if use_gpu not in ("auto", "yes", "no"):
             raise ValueError(f"use_gpu must be auto, yes or no, got {use_gpu!r}")
+        if precision not in ("auto", "fp32", "fp16"):
+            raise ValueError(f"precision must be auto, fp32 or fp16, got {precision!r}")
         gpu = use_gpu != "no" and cuda_usable()
         if use_gpu == "yes" and not gpu:
             raise RuntimeError("use_gpu=yes but no usable CUDA device / CUDAExecutionProvider")
@@ -97,8 +100,14 @@ class EncoderRuntime:
         self.spec: FeatureSpec = FeatureSpec.from_dict(manifest["features"])
         self.manifest = manifest
         self.gpu = gpu
+        # auto: what a worker loads (fp16 on a GPU when published, fp32 on CPU); fp16/fp32 force a
+        # graph, so the quality bench can rank with the GPU workers' fp16 graph on a CPU-only machine.
         fp16 = directory / "model_fp16.onnx"
-        model_file = fp16 if gpu and fp16.is_file() else directory / "model.onnx"
+        if precision == "fp16" and not fp16.is_file():
+            raise FileNotFoundError(f"{fp16} not found: this version has no fp16 graph")
+        use_fp16 = precision == "fp16" or (precision == "auto" and gpu and fp16.is_file())
+        model_file = fp16 if use_fp16 else directory / "model.onnx"
+        self.precision = "fp16" if use_fp16 else "fp32"
         self._session = _session(model_file, gpu, threads)
         self._item_session = _session(directory / "item_model.onnx", gpu, threads)
         self._output = self._session.get_outputs()[0].name
@@ -117,12 +126,13 @@ class EncoderRuntime:
         version: str | None = None,
         use_gpu: str = "auto",
         threads: int | None = None,
+        precision: str = "auto",
     ) -> EncoderRuntime:
         """Verify and load ``version`` (None: the promoted one); raises ``ModelRejected``."""
         registry = Registry(registry_root)
         chosen = registry.resolve(version)
         manifest = registry.verify(chosen)
-        return cls(registry.path(chosen), manifest, use_gpu=use_gpu, threads=threads)
+        return cls(registry.path(chosen), manifest, use_gpu=use_gpu, threads=threads, precision=precision)
 
     def _run(self, session: ort.InferenceSession, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if not self.gpu:

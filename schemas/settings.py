@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     model_check_interval_s: float = Field(
         30.0, gt=0, description="Registry re-check period (announcements on models_topic act at once)"
     )
+    quality_gate_tolerance: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Publish a candidate at most this much worse (valid NDCG@10) than the promoted version",
+    )
 
     # -- Worker ----------------------------------------------------------
     app_id: str = "interest-worker"

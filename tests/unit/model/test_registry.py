@@ -170,6 +170,26 @@ def test_publish_refuses_a_worse_model_unless_forced(registry_copy: RegistryCopy
     assert reg.promoted() == forced
 
 
+def test_quality_gate_tolerance_defaults_to_zero(
+    registry_copy: RegistryCopy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate 0.001 worse is refused by default and accepted only with a tolerance (a setting)."""
+    from schemas.settings import Settings
+
+    root, v1 = registry_copy()
+    reg = Registry(root)
+    slightly = {"metrics": {"valid": {"ndcg@10": reg.manifest(v1)["metrics"]["valid"]["ndcg@10"] - 0.001}}}
+    with pytest.raises(ModelRejected, match="worse than the promoted"):
+        _republish(reg, v1, manifest_update=slightly)
+    assert reg.versions() == [v1]
+    assert Settings().quality_gate_tolerance == 0.0
+    monkeypatch.setenv("INTEREST_QUALITY_GATE_TOLERANCE", "0.002")
+    tolerance = Settings().quality_gate_tolerance
+    assert tolerance == 0.002
+    accepted = _republish(reg, v1, manifest_update=slightly, tolerance=tolerance)
+    assert reg.promoted() == accepted
+
+
 def test_failed_verification_publishes_nothing(registry_copy: RegistryCopy) -> None:
     root, v1 = registry_copy()
     reg = Registry(root)

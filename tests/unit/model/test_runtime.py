@@ -128,3 +128,17 @@ def test_worker_modules_do_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, f"heavy modules imported: {out.stdout} {out.stderr}"
+
+
+def test_fp16_graph_runs_on_cpu_for_evaluation(published: tuple[Path, Any]) -> None:
+    """precision="fp16" loads the GPU workers' graph on CPU (the quality bench ranks with it)."""
+    root, result = published
+    fp32 = EncoderRuntime.load(root, result.version, use_gpu="no")
+    fp16 = EncoderRuntime.load(root, result.version, use_gpu="no", precision="fp16")
+    assert (fp32.precision, fp16.precision) == ("fp32", "fp16")
+    seqs = make_sequences(16, seed=4)
+    a, b = fp32.encode(seqs), fp16.encode(seqs)
+    assert np.isfinite(b).all() and not np.array_equal(a, b)
+    assert np.abs(a - b).max() < 0.05
+    with pytest.raises(ValueError, match="precision"):
+        EncoderRuntime.load(root, result.version, use_gpu="no", precision="int8")
