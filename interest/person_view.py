@@ -110,8 +110,13 @@ def build_view(person: str, state: PersonState | None, prof: Profile | None, run
     view.recommendations = [{"item_id": i, "score": round(s, 4), "new": bool(before_top) and i not in before_top}
                             for i, s in now_top]
     view.left_top = sorted(before_top - {i for i, _ in now_top})
-    for shown, interest in zip(view.interests, prof.interests, strict=True):
-        shown["recommended"] = [i for i, _ in _top(runtime, np.asarray(interest.vector), seen)[:3]]
+    if prof.interests:
+        from model.interests import diverse_ranking
+
+        exclude = np.fromiter((i in seen for i in runtime.item_ids), bool, len(runtime.item_ids))
+        mixed = diverse_ranking(prof.vector, prof.interests, runtime.item_matrix, exclude, 3 * len(prof.interests))
+        for n, shown in enumerate(view.interests):
+            shown["recommended"] = [runtime.item_ids[i] for i, _, owner in mixed if owner == n][:3]
     if now_top:
         from model.explain import explain
 

@@ -61,13 +61,11 @@ def top_items(vector: np.ndarray, items: list[str], vectors: np.ndarray, seen: s
 
 def diverse_items(row: Any, items: list[str], vectors: np.ndarray, seen: set[str],
                   k: int) -> list[tuple[str, float, int]]:
-    """``k`` items mixing each interest's own top items by the interest's weight: (item, score, interest)."""
-    from model.interests import mix_ranked
+    """``k`` items ranked by the person's vector, slots shared among the interests by weight."""
+    from model.interests import diverse_ranking
 
-    if not row.interests:
-        return [(i, s, 0) for i, s in top_items(row.vector, items, vectors, seen, k)]
-    ranked = [top_items(np.asarray(i.vector), items, vectors, seen, k) for i in row.interests]
-    return mix_ranked(ranked, [i.weight for i in row.interests], k)
+    exclude = np.fromiter((i in seen for i in items), bool, len(items))
+    return [(items[i], s, n) for i, s, n in diverse_ranking(row.vector, row.interests, vectors, exclude, k)]
 
 
 def profile(
@@ -113,8 +111,9 @@ def recommend(
 ) -> None:
     """Top-k items for a person from the model's item index, history excluded.
 
-    ``--diverse`` gives each of the person's interests slots in proportion to its
-    weight, filled with that interest's own nearest items.
+    ``--diverse`` ranks by the same vector but gives each of the person's
+    interests slots in proportion to its weight (an item belongs to the
+    interest whose vector scores it highest).
     """
     from model.registry import Registry
 

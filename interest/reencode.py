@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from model.interests import encode_with_interests
 from schemas.sequence import Profile
 from schemas.settings import Settings
 from streams.stores.base import ProfileStore, StoreBatch
@@ -105,12 +106,13 @@ async def reencode(
             progress.complete = True
             break
         live = [s for s in states if s.events]
-        vectors = await asyncio.to_thread(runtime.encode, [s.events for s in live]) if live else []
+        vectors, interests = await asyncio.to_thread(
+            encode_with_interests, runtime, [s.events for s in live], settings.interests_max, settings.seq_len)
         now = int(time.time() * 1000)
-        batch = StoreBatch(profiles=[
+        batch = StoreBatch(profiles=[  # the same rows a worker writes, interests included
             Profile(s.person_id, version, vec, s.event_count, s.first_ts_ms, s.last_ts_ms, dict(s.platforms),
-                    s.write_ts, now)
-            for s, vec in zip(live, vectors, strict=True)
+                    s.write_ts, now, kept)
+            for s, vec, kept in zip(live, vectors, interests, strict=True)
         ])
         if len(batch):
             await store.write_batch(batch)

@@ -178,14 +178,11 @@ class EncoderRuntime:
 
     def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
         """Item vectors from the published index, computing only the ids it lacks."""
-        out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
-        missing = []
-        for i, item in enumerate(item_ids):
-            pos = self._item_pos.get(item)
-            if pos is None:
-                missing.append(i)
-            else:
-                out[i] = self.item_matrix[pos]
-        if missing:
-            out[missing] = self.encode_items([item_ids[i] for i in missing])
-        return out
+        get = self._item_pos.get
+        pos = np.fromiter((get(item, -1) for item in item_ids), np.int64, len(item_ids))
+        out = self.item_matrix[np.maximum(pos, 0)] if len(self.item_matrix) else np.zeros(
+            (len(item_ids), self.dim), dtype=np.float32)
+        missing = np.flatnonzero(pos < 0)
+        if len(missing):
+            out[missing] = self.encode_items([item_ids[int(i)] for i in missing])
+        return np.asarray(out, dtype=np.float32)

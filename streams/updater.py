@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from model.interests import person_interests
+from model.interests import encode_with_interests
 from schemas.events import CanonicalEvent, IdentityLink, parse_anon_id
 from schemas.records import (
     ForgetRequest,
@@ -382,11 +382,7 @@ class ProfileUpdater:
         self, encoder: Encoder, sequences: list[list[SeqEvent]]
     ) -> tuple[np.ndarray, list[tuple[Interest, ...]]]:
         """The vectors and (when the encoder has an item index) the interests, in one worker-thread hop."""
-        vectors = encoder.encode(sequences)
-        item_vectors = getattr(encoder, "item_vectors", None)
-        if item_vectors is None or self.interests_max == 0:
-            return vectors, [() for _ in sequences]
-        return vectors, person_interests(item_vectors, sequences, k=self.interests_max, window=self.max_len)
+        return encode_with_interests(encoder, sequences, self.interests_max, self.max_len)
 
     async def _write(self, work: _Work) -> None:
         """Step 4: one idempotent ``write_batch`` of states, profiles, links and removals."""

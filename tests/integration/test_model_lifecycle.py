@@ -129,6 +129,13 @@ def test_hot_swap_mid_stream_reencode_and_rollback(
         expected = runtime.encode([rows["states"][p].events for p in some])
         got = np.stack([rows["profiles"][p].vector for p in some])
         assert np.allclose(got, expected, atol=1e-5), "re-encoded rows are the v2 encoding of the stored sequence"
+        from model.interests import encode_with_interests
+
+        _, want = encode_with_interests(runtime, [rows["states"][p].events for p in some], settings.interests_max,
+                                        settings.seq_len)
+        assert all(rows["profiles"][p].interests for p in some), "a re-encoded row carries its interests"
+        assert [[(i.items, round(i.weight, 5)) for i in rows["profiles"][p].interests] for p in some] == [
+            [(i.items, round(i.weight, 5)) for i in w] for w in want], "re-encode writes the worker's interests"
 
         # Roll back: the worker swaps back to v1 the same way.
         rolled = run_cli(settings, "models", "rollback", "--registry", str(registry.root))

@@ -118,6 +118,12 @@ def test_identity_link_moves_device_history_to_the_person(
     assert len(recs["items"]) == 5 and not history & {r["item_id"] for r in recs["items"]}
     scores = [r["score"] for r in recs["items"]]
     assert scores == sorted(scores, reverse=True)
+    # The worker computed the person's interests in the same batch: weights sum to one, items are events.
+    assert shown["interests"] and abs(sum(i["weight"] for i in shown["interests"]) - 1.0) < 1e-3
+    assert all(set(i["items"]) <= history for i in shown["interests"])
+    diverse = cli("recommend", "u9", "-k", "5", "--diverse")
+    assert len(diverse["items"]) == 5 and not history & {r["item_id"] for r in diverse["items"]}
+    assert {r["interest"] for r in diverse["items"]} <= set(range(1, len(shown["interests"]) + 1))
 
 
 def test_poison_message_goes_to_the_dlq_while_the_rest_flows(

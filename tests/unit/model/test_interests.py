@@ -60,3 +60,49 @@ def test_mix_ranked_shares_slots_by_weight_without_repeats() -> None:
     by_interest = [sum(1 for _, _, n in mixed if n == k) for k in (0, 1)]
     assert by_interest == [7, 3]
     assert mixed[0][0] == "a0" and mixed[1][0] == "both"
+
+
+def test_diverse_ranking_keeps_the_vectors_order_within_each_interest_and_shares_slots() -> None:
+    from model.interests import diverse_ranking
+
+    ids = [f"A-{n}" for n in range(20)] + [f"B-{n}" for n in range(20)]
+    matrix = item_vectors(ids)
+    two = person_interests(item_vectors, [events([f"{'A' if n % 3 else 'B'}-{n % 5}" for n in range(30)])], k=3)[0]
+    vector = np.eye(DIM)[0] * 1.0 + 0.3 * np.eye(DIM)[1]  # the encoder leans to A: a plain top 10 is all A
+    plain = np.argsort(-(matrix @ vector))[:10]
+    assert all(ids[i].startswith("A") for i in plain)
+    exclude = np.zeros(len(ids), dtype=bool)
+    exclude[ids.index("A-0")] = True
+    mixed = diverse_ranking(vector, two, matrix, exclude, 10)
+    got = [ids[i] for i, _, _ in mixed]
+    assert len(got) == 10 and len(set(got)) == 10 and "A-0" not in got
+    light = next(i.weight for i in two if i.items[0].startswith("B"))
+    assert 0.15 < light < 0.5
+    assert sum(g.startswith("B") for g in got) in {int(10 * light), int(10 * light) + 1}, "slots follow weights"
+    for taste in "AB":  # within an interest the order is the person vector's order
+        scores = [s for (i, s, _) in mixed if ids[i].startswith(taste)]
+        assert scores == sorted(scores, reverse=True)
+    assert [ids[i] for i, _, _ in diverse_ranking(vector, (), matrix, exclude, 5)] == [
+        ids[i] for i in np.argsort(-(matrix @ vector)) if ids[i] != "A-0"][:5]
+
+
+def test_encode_with_interests_is_what_worker_and_reencode_write() -> None:
+    from model.interests import encode_with_interests
+
+    class Encoder:  # the encoder slice: vectors from encode, item vectors from the index
+        spec = type("Spec", (), {"max_len": 12})()
+
+        def encode(self, sequences: list[list[SeqEvent]]) -> np.ndarray:
+            return np.ones((len(sequences), DIM), dtype=np.float32)
+
+        def item_vectors(self, ids: list[str]) -> np.ndarray:
+            return item_vectors(ids)
+
+    seqs = [events([f"B-{n % 4}" for n in range(20)] + [f"A-{n % 4}" for n in range(12)])]
+    vectors, interests = encode_with_interests(Encoder(), seqs, k=3, seq_len=50)
+    assert vectors.shape == (1, DIM)
+    # the interests see the encoder's window (the last 12 events, all A), not the 32 stored ones
+    window = person_interests(item_vectors, [seqs[0][-12:]], k=3)
+    assert [(i.items, i.weight) for i in interests[0]] == [(i.items, i.weight) for i in window[0]]
+    assert len(interests[0]) == 1 and interests[0][0].items[0].startswith("A")
+    assert encode_with_interests(Encoder(), seqs, k=0, seq_len=50)[1] == [()]
