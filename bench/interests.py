@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     split = leave_two_out(people)
     catalogue = catalogue_of(people)
     data = build_eval_set(split, catalogue, "test")
-    say(f"ranking {len(data.people)} people x {len(catalogue)} items: single vector, interests, hybrid")
+    say(f"ranking {len(data.people)} people x {len(catalogue)} items: single vector, interest vectors, --diverse")
     lists = measure_lists(runtime, data, catalogue, k_interests)
     long_enough = sorted(data.histories, key=len, reverse=True)
     cost = encode_cost(runtime, [h[-50:] for h in long_enough], k_interests, args.min_time)
