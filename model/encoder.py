@@ -175,6 +175,18 @@ class InterestEncoder(nn.Module):
 
     def hidden(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Hidden states ``[B, L, w]`` for inputs ordered as ``spec.input_names()``."""
+        x, bias = self.embed(inputs)
+        for layer in self.layers:
+            x = self.block(layer, x, bias)
+        return self.final_norm(x)
+
+    def block(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """One transformer block over ``x`` with the additive attention ``bias``."""
+        out = layer(x, attention_mask=bias) if self.cfg.block == "gpt2" else layer(x, bias)
+        return out[0] if isinstance(out, tuple) else out
+
+    def embed(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks' input ``[B, L, w]`` and the causal, padding-aware attention bias ``[B, 1, L, L]``."""
         k = self.spec.n_hashes
         hashes = inputs[:k]
         action, platform, gap, position, mask = inputs[k:]
@@ -194,10 +206,7 @@ class InterestEncoder(nn.Module):
         neg = torch.finfo(x.dtype).min
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         bias = torch.where(allowed, zero, torch.full((), neg, dtype=x.dtype, device=x.device))
-        bias = bias.unsqueeze(1)  # [B, 1, L, L]
-        for layer in self.layers:
-            x = layer(x, attention_mask=bias) if self.cfg.block == "gpt2" else layer(x, bias)
-        return self.final_norm(x)
+        return x, bias.unsqueeze(1)  # [B, 1, L, L]
 
     def _person(self, hidden: torch.Tensor) -> torch.Tensor:
         """Person side of the score before the final normalisation."""

@@ -21,6 +21,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -51,6 +52,49 @@ class _ItemTower(nn.Module):
 
     def forward(self, *hashes: torch.Tensor) -> torch.Tensor:
         return self.model.item_vectors(*hashes)
+
+
+class _LastQuery(nn.Module):
+    """The sequence graph as exported: exactly ``model.forward``, with the last block computed for the
+    last position only.
+
+    The vector is read from the last position, and a BERT (post-LN) block mixes positions only through
+    the keys and values of its attention, so the last block needs the keys and values of every position
+    but the query, attention output, residual, feed-forward and norms of the last one: 2 of its 12
+    width-squared products per position instead of 12, about 40 % less work for two blocks, the same
+    numbers (the parity gate checks them against ``model.forward``).  PyTorch eager runs every
+    position of every block.  GPT-2 (pre-LN) blocks are exported whole.
+    """
+
+    def __init__(self, model: InterestEncoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        x, bias = model.embed(list(inputs))
+        for layer in list(model.layers)[:-1]:
+            x = model.block(layer, x, bias)
+        return model.person_from_hidden(model.final_norm(_bert_last_position(model.layers[-1], x, bias)))
+
+
+def _bert_last_position(layer: Any, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A ``BertLayer``'s output at the last position only ``[B, w]`` (eval mode: no dropout)."""
+    att = layer.attention.self
+    batch, length, width = x.shape
+    heads, size = int(att.num_attention_heads), int(att.attention_head_size)
+    query = att.query(x[:, -1:, :]).view(batch, 1, heads, size).transpose(1, 2)
+    key = att.key(x).view(batch, length, heads, size).transpose(1, 2)
+    value = att.value(x).view(batch, length, heads, size).transpose(1, 2)
+    weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) * att.scaling + bias[:, :, -1:, :], dim=-1)
+    context = torch.matmul(weights, value).transpose(1, 2).reshape(batch, 1, width)
+    attended = layer.attention.output(context, x[:, -1:, :])
+    return layer.output(layer.intermediate(attended), attended)[:, 0, :]
+
+
+def sequence_graph(model: InterestEncoder) -> nn.Module:
+    """The module exported as ``model.onnx``: the last-position form for BERT blocks, else the model."""
+    return _LastQuery(model) if model.cfg.block == "bert" and len(model.layers) > 0 else model
 
 
 def _export(
@@ -189,7 +233,8 @@ def export_all(
     sample = featurize(random_sequences(spec, 3, seed=3), spec)
     args = tuple(torch.from_numpy(sample[n]) for n in spec.input_names())
     dim = model.cfg.dim
-    _export(model, args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, out_dir / "model.onnx", dim)
+    _export(sequence_graph(model), args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"},
+            out_dir / "model.onnx", dim)
     items = item_inputs(["a", "b", "c"], spec)
     item_args = tuple(torch.from_numpy(items[n]) for n in spec.item_input_names())
     _export(

@@ -84,3 +84,40 @@ def test_parity_gate_rejects_a_mismatching_graph(
         other.person_proj.bias.add_(1e-2)  # a small drift the gate must catch
     with pytest.raises(ExportError, match="parity failed"):
         check_parity(other, out / "model.onnx", out / "item_model.onnx", make_sequences(5), ["x"])
+
+
+def test_the_exported_graph_computes_the_last_block_for_the_last_position_only(
+    exported: tuple[InterestEncoder, Path, dict[str, object]],
+) -> None:
+    """The pruned last block gives the model's own numbers and does less work than the whole model."""
+    import onnx
+
+    from model.export import sequence_graph
+
+    model, out, _ = exported
+    feeds = featurize(make_sequences(32, seed=7, max_events=24), model.spec, pad_to=24)
+    inputs = [torch.from_numpy(feeds[n]) for n in model.spec.input_names()]
+    with torch.no_grad():
+        assert torch.allclose(sequence_graph(model)(*inputs), model(*inputs), atol=1e-6)
+
+    def one_row_products(path: Path) -> int:
+        """MatMuls whose output has one row per sequence (``[..., 1, n]``) when run on 24-event sequences."""
+        proto = onnx.load(str(path))
+        names = [n.output[0] for n in proto.graph.node if n.op_type == "MatMul"]
+        proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+        probe = out / f"probe-{path.name}"
+        onnx.save(proto, str(probe))
+        got = cpu_session(probe).run(names, feeds)
+        return sum(1 for value in got if value.shape[-2] == 1)
+
+    from model.export import _export
+
+    whole = out / "whole.onnx"
+    sample = featurize(random_sequences(model.spec, 3, seed=3), model.spec)
+    _export(model, tuple(torch.from_numpy(sample[n]) for n in model.spec.input_names()), model.spec.input_names(),
+            OUTPUT, {0: "batch", 1: "seq"}, whole, model.cfg.dim)
+    assert one_row_products(whole) == 0, "the whole model computes every position"
+    # query, scores, context, attention output, the two feed-forward products: per sequence, one row each
+    assert one_row_products(out / "model.onnx") >= 6
+    gpt2 = InterestEncoder(model.spec, EncoderConfig(width=16, heads=2, layers=2, dim=8, block="gpt2"))
+    assert sequence_graph(gpt2) is gpt2, "GPT-2 blocks are exported whole"
