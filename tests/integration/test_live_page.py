@@ -75,6 +75,8 @@ def test_a_new_event_shows_on_the_open_page_within_seconds(
                     assert (await page.text("k-count")) == "9"
                     why = await page.text("attribution")
                     assert why.strip() not in ("", "–") and "web" in why, "each event's attribution is shown"
+                    shown = await page.text("interests")
+                    assert "%" in shown and "→" in shown, "the interests with their weights and their items"
                     if SCREENSHOT:
                         await page.screenshot(Path(SCREENSHOT))
                     return seconds
