@@ -85,9 +85,27 @@ def person_interests(
     index[rows, cols] = codes
     ages = (lengths[rows] - 1 - cols).astype(np.float32)
     weight[rows, cols] = actions * np.power(np.float32(0.5), ages / np.float32(half_life))
-    points = table[index]  # [B, L, D]
+    # Cluster people of similar length together (as the encoder buckets them): a batch of mostly short
+    # sequences with one long one would otherwise pay the long one's width for everybody.
+    out: list[tuple[Interest, ...]] = [() for _ in range(count)]
+    bucket = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    for b in np.unique(bucket[lengths > 0]):
+        group = np.flatnonzero((bucket == b) & (lengths > 0))
+        wide = int(lengths[group].max())
+        found = _cluster(table[index[group, :wide]], weight[group, :wide], lengths[group],
+                         [seqs[i] for i in group], min(k, width), iterations, merge_cos, min_share,
+                         items_per_interest)
+        for i, interests in zip(group.tolist(), found, strict=True):
+            out[i] = interests
+    return out
+
+
+def _cluster(points: np.ndarray, weight: np.ndarray, lengths: np.ndarray, seqs: Sequence[Sequence[SeqEvent]],
+             k: int, iterations: int, merge_cos: float, min_share: float,
+             items_per_interest: int) -> list[tuple[Interest, ...]]:
+    """Weighted spherical k-means of each person's points ``[B, L, D]`` at once, then merge and describe."""
     mask = weight > 0
-    centres = _seed(points, mask, lengths, min(k, width))
+    centres = _seed(points, mask, lengths, k)
     for _ in range(iterations):
         member = np.argmax(points @ centres.transpose(0, 2, 1), axis=2)
         mass = np.eye(centres.shape[1], dtype=np.float32)[member] * weight[:, :, None]  # [B, L, K]
@@ -95,7 +113,7 @@ def person_interests(
         norms = np.linalg.norm(moved, axis=2, keepdims=True)
         centres = np.where(norms > 1e-9, moved / np.maximum(norms, 1e-12), centres)
     member = np.argmax(points @ centres.transpose(0, 2, 1), axis=2)
-    valid = np.arange(width)[None, :] < lengths[:, None]
+    valid = np.arange(points.shape[1])[None, :] < lengths[:, None]
     return _finish(seqs, member, valid, weight, points, merge_cos, min_share, items_per_interest)
 
 
