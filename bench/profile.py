@@ -394,6 +394,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "events_per_cpu_s": round(applied / total_cpu) if total_cpu else None,
                    "us_per_event_total": round(total_cpu / applied * 1e6, 1) if applied else None,
                    "categories": cost_table(samples, cpu, int(applied)), "stacks": str(raw)})
+    # The event loop's thread runs both stages (and Faust): its CPU per event bounds one worker's rate.
+    loop = str(proc.proc.pid)
+    report["loop_thread"] = {"cpu_s": cpu.get(loop), "us_per_event": round(cpu.get(loop, 0.0) / applied * 1e6, 1)
+                             if applied else None, "max_events_per_s": round(applied / cpu[loop]) if cpu.get(loop)
+                             else None, "categories": cost_table({loop: samples.get(loop, Counter())},
+                                                                 {loop: cpu.get(loop, 0.0)}, int(applied))}
     say("  ".join(f"{c} {v['cpu_share']:.1%} {v['us_per_event']}us" for c, v in report["categories"].items()))
     path = plot_path(directory, "profile")
     _plot(report, lines, path)
