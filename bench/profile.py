@@ -1,6 +1,6 @@
 """Where a worker's time goes: py-spy samples of one saturated worker, classified into a per-event cost table.
 
-    python -m bench.profile [--events 60000] [--users 10000] [--rate R --seconds S] [--sample-rate 200]
+    python -m bench.profile [--events 60000] [--users 10000] [--rate R --seconds S] [--sample-rate 100] [--quick]
 
 Catch-up (the default): ``--events`` synthetic events are pre-produced like ``bench.throughput``, one real
 ``interest worker`` starts, and from its first applied event until its group committed everything (or
