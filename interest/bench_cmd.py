@@ -24,6 +24,7 @@ BENCHES = {
     "quality": "MovieLens-100K NDCG@10 / HR@10 vs popularity, with training time",
     "swap": "freshness p99 during a model hot-swap vs steady state",
     "rolling": "workers replaced one at a time under load, store vs oracle",
+    "profile": "where a saturated worker's CPU goes, per event and stage (py-spy), with a flame graph",
 }
 
 
