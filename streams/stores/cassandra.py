@@ -20,19 +20,14 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
-import functools
-import ssl
 from collections.abc import AsyncIterator, Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
 import cassandra
 import numpy as np
-from cassandra.cluster import Cluster, NoHostAvailable, Session
-from cassandra.connection import ConnectionException
-from cassandra.cqltypes import FloatType, VectorType, lookup_casstype
-from cassandra.protocol import ErrorMessage, ServerError, SyntaxException
-from cassandra.protocol import RequestExecutionException as ServerSideTransient
+from cassandra.cluster import Cluster, Session
+from cassandra.protocol import SyntaxException
 from cassandra.query import PreparedStatement
 
 from schemas.sequence import (
@@ -44,8 +39,9 @@ from schemas.sequence import (
     event_write_ts,
 )
 from streams.faults import crash_point
-from streams.stores.base import ForgetReceipt, StoreBatch, StoreError, StoreUnavailable
+from streams.stores.base import ForgetReceipt, StoreBatch, StoreError
 from streams.stores.cassandra_config import CassandraConfig, build_cluster, load_queries, render_cql
+from streams.stores.cassandra_driver import float_vector_size, settle, translate, use_numpy_vectors
 from streams.stores.codec import (
     INIT_HINT,
     pack_events,
@@ -56,83 +52,9 @@ from streams.stores.codec import (
     vector_bytes,
 )
 
-_TRANSIENT = (
-    cassandra.RequestExecutionException,
-    ServerSideTransient,
-    ServerError,
-    cassandra.OperationTimedOut,
-    ConnectionException,
-)
 _COUNTS = attrgetter("event_count", "first_ts_ms", "last_ts_ms", "platforms", "write_ts")
-_MARSHAL = "org.apache.cassandra.db.marshal."
 ADDED_COLUMNS = (("profiles", "interests", "blob"),)  # (table, column, type) added after the first release
 Page = tuple[list[Any], bytes | None]
-
-
-def translate(exc: BaseException, cfg: CassandraConfig) -> BaseException:
-    """Map a driver exception to ``StoreUnavailable``/``StoreError`` (anything else passes unchanged)."""
-    if isinstance(exc, StoreError):
-        return exc
-    if isinstance(exc, NoHostAvailable):
-        errors = list(exc.errors.values())
-        if errors and all(isinstance(e, cassandra.AuthenticationFailed) for e in errors):
-            who = f"user {cfg.username!r}" if cfg.username else "no credentials"
-            return StoreError(
-                f"Cassandra at {cfg.where} rejected the login ({who}): {errors[0]}; check "
-                "INTEREST_CASSANDRA_USERNAME and INTEREST_CASSANDRA_PASSWORD"
-            )
-        if errors and all(isinstance(e, ssl.SSLError) or "SSL" in str(e) for e in errors):
-            return StoreError(
-                f"TLS handshake with Cassandra at {cfg.where} failed: {errors[0]}; check "
-                "INTEREST_CASSANDRA_TLS_CA_FILE and INTEREST_CASSANDRA_TLS_CHECK_HOSTNAME"
-            )
-        return StoreUnavailable(f"no Cassandra host reachable at {cfg.where}: {exc.errors or exc}")
-    if isinstance(exc, _TRANSIENT):
-        return StoreUnavailable(f"Cassandra request failed ({type(exc).__name__}): {exc}")
-    if isinstance(exc, cassandra.InvalidRequest) and "does not exist" in str(exc):
-        return StoreError(f"Cassandra schema is missing ({exc}); {INIT_HINT}")
-    if isinstance(exc, cassandra.Unauthorized | cassandra.AuthenticationFailed):
-        return StoreError(f"Cassandra refused access as {cfg.username!r}: {exc}")
-    if isinstance(exc, cassandra.DriverException | ErrorMessage):
-        return StoreError(f"Cassandra rejected a request: {exc}")
-    return exc
-
-
-@functools.cache
-def _numpy_vector_type(size: int) -> Any:
-    """A ``vector<float, size>`` codec using numpy; the driver's packs one float at a time (20x slower)."""
-
-    def serialize(cls: Any, value: Any, protocol_version: int) -> bytes:
-        array = np.asarray(value, dtype=">f4").reshape(-1)
-        if array.size != size:
-            raise ValueError(f"expected a {size}-dim vector, got {array.size}-dim")
-        return array.tobytes()
-
-    def deserialize(cls: Any, raw: bytes, protocol_version: int) -> np.ndarray:
-        return np.frombuffer(raw, dtype=">f4").astype(np.float32)
-
-    base = lookup_casstype(f"{_MARSHAL}VectorType({_MARSHAL}FloatType,{size})")
-    codec = {"serialize": classmethod(serialize), "deserialize": classmethod(deserialize)}
-    return type("NumpyFloatVector", (base,), codec)
-
-
-def _float_vector_size(ctype: Any) -> int | None:
-    vector = isinstance(ctype, type) and issubclass(ctype, VectorType)
-    return int(ctype.vector_size) if vector and issubclass(ctype.subtype, FloatType) else None
-
-
-def _use_numpy_vectors(statement: PreparedStatement) -> None:
-    def swap(ctype: Any) -> Any:
-        size = _float_vector_size(ctype)
-        return ctype if size is None else _numpy_vector_type(size)
-
-    statement.column_metadata = [c._replace(type=swap(c.type)) for c in statement.column_metadata]
-    statement.result_metadata = [(*c[:3], swap(c[3])) for c in statement.result_metadata or []]
-
-
-def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if not fut.done():
-        fut.set_exception(error) if error is not None else fut.set_result(value)
 
 
 class CassandraStore:
@@ -184,7 +106,7 @@ class CassandraStore:
                     f"Cassandra table {ks}.{table} is missing or differs ({exc}); {INIT_HINT}"
                 ) from exc
         embedding = next(c[3] for c in prepared["get_profile"].result_metadata if c[2] == "embedding")
-        self.dim = _float_vector_size(embedding)
+        self.dim = float_vector_size(embedding)
         self.native = self.dim is not None
         if cfg.vector_mode != "auto" and self.native != (cfg.vector_mode == "native"):
             stored = "vector" if self.native else "blob"
@@ -196,7 +118,7 @@ class CassandraStore:
         for statement in prepared.values():
             statement.consistency_level = cassandra.ConsistencyLevel.name_to_value[cfg.consistency]
             statement.is_idempotent = True
-            _use_numpy_vectors(statement)
+            use_numpy_vectors(statement)
         self._ps = prepared
 
     # -- lifecycle -------------------------------------------------------
@@ -269,8 +191,8 @@ class CassandraStore:
         loop, fut = self._loop, self._loop.create_future()
         response = self._session.execute_async(self._ps[name], params, paging_state=paging_state)
         response.add_callbacks(
-            lambda rows: loop.call_soon_threadsafe(_settle, fut, (rows, response._paging_state), None),
-            lambda exc: loop.call_soon_threadsafe(_settle, fut, None, exc),
+            lambda rows: loop.call_soon_threadsafe(settle, fut, (rows, response._paging_state), None),
+            lambda exc: loop.call_soon_threadsafe(settle, fut, None, exc),
         )
         return fut
 

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 from operator import attrgetter
 from typing import Any, TypeVar
@@ -48,37 +46,11 @@ from streams.stores.codec import (
     vector_bytes,
     vector_from_bytes,
 )
+from streams.stores.sqlite_schema import check_schema, init_schema, transaction
 
 T = TypeVar("T")
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sequences (
-    person_id TEXT PRIMARY KEY, events BLOB NOT NULL, event_count INTEGER NOT NULL,
-    first_ts_ms INTEGER NOT NULL, last_ts_ms INTEGER NOT NULL, platforms BLOB NOT NULL,
-    write_ts INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS profiles (
-    person_id TEXT NOT NULL, model_version TEXT NOT NULL, vector BLOB NOT NULL,
-    event_count INTEGER NOT NULL, first_ts_ms INTEGER NOT NULL, last_ts_ms INTEGER NOT NULL,
-    platforms BLOB NOT NULL, write_ts INTEGER NOT NULL, updated_ms INTEGER NOT NULL, interests BLOB,
-    PRIMARY KEY (person_id, model_version)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS profiles_by_version ON profiles (model_version);
-CREATE TABLE IF NOT EXISTS identity_links (
-    anon_person_id TEXT PRIMARY KEY, person_id TEXT NOT NULL, ts_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS links_by_person ON identity_links (person_id);
-CREATE TABLE IF NOT EXISTS person_tombstones (person_id TEXT PRIMARY KEY, delete_ts INTEGER NOT NULL)
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS link_tombstones (anon_person_id TEXT PRIMARY KEY, delete_ts INTEGER NOT NULL)
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS erasures (
-    person_id TEXT PRIMARY KEY, erased_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-"""
-_TABLES = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA)
 _COUNTS = attrgetter("event_count", "first_ts_ms", "last_ts_ms")
 
 _SEQ_COLS = "person_id, events, event_count, first_ts_ms, last_ts_ms, platforms, write_ts"
@@ -218,7 +190,7 @@ class SqliteStore:
     # -- lifecycle ---------------------------------------------------------
     async def open(self) -> None:
         await self._ensure_connected()
-        self._dim = await self._call(_check_schema, self.path)
+        self._dim = await self._call(check_schema, self.path)
 
     async def close(self) -> None:
         if self._thread is None:
@@ -235,7 +207,7 @@ class SqliteStore:
     async def init_schema(self, vector_dim: int) -> None:
         """Create the tables if missing; the store is open afterwards."""
         await self._ensure_connected()
-        await self._call(_init_schema, vector_dim)
+        await self._call(init_schema, vector_dim)
         await self.open()
 
     # -- worker hot path ---------------------------------------------------
@@ -334,57 +306,6 @@ def _translate(exc: sqlite3.Error, path: str) -> StoreError:
     return StoreError(f"SQLite error on {path}: {message}")
 
 
-def _check_schema(conn: sqlite3.Connection, path: str) -> int | None:
-    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    missing = [t for t in _TABLES if t not in present]
-    if missing:
-        raise StoreError(f"SQLite database {path} is missing tables {', '.join(missing)}; {INIT_HINT}")
-    if "interests" not in _columns(conn, "profiles"):
-        raise StoreError(f"SQLite database {path} has an older schema (no interests column); {INIT_HINT} to upgrade")
-    row = conn.execute("SELECT value FROM meta WHERE key = 'vector_dim'").fetchone()
-    return int(row[0]) if row else None
-
-
-def _init_schema(conn: sqlite3.Connection, vector_dim: int) -> None:
-    conn.executescript(SCHEMA)
-    row = conn.execute("SELECT value FROM meta WHERE key = 'vector_dim'").fetchone()
-    if row and int(row[0]) != vector_dim:
-        raise StoreError(
-            f"the SQLite store holds {row[0]}-dim vectors; cannot re-initialise with --dim {vector_dim}"
-        )
-    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('vector_dim', ?)", (str(vector_dim),))
-    _migrate(conn)
-
-
-SCHEMA_VERSION = "3"
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring an older file to this schema, in one transaction.
-
-    * Version 2: write timestamps are event ms * 2**20 (``schemas.sequence``),
-      no longer microseconds.  Old rows' ``write_ts`` stay as they are (any new
-      write outranks them), but an erasure's tombstone must keep shadowing what
-      it erased: it is rewritten at ``erasure_write_ts`` of its millisecond.
-    * Version 3: profiles carry their interests (a nullable blob: rows written
-      before it read as "no interests" until the person's next event).
-    """
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is not None and row[0] == SCHEMA_VERSION and "interests" in _columns(conn, "profiles"):
-        return
-    with _transaction(conn):
-        if row is not None and row[0] == "1":
-            for table in ("person_tombstones", "link_tombstones"):
-                conn.execute(f"UPDATE {table} SET delete_ts = ((delete_ts / 1000) << 20) | {(1 << 20) - 1}")
-        if "interests" not in _columns(conn, "profiles"):
-            conn.execute("ALTER TABLE profiles ADD COLUMN interests BLOB")
-        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
-                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (SCHEMA_VERSION,))
-
 
 def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     return conn.execute(sql, params).fetchall()
@@ -397,24 +318,12 @@ def _select_in(conn: sqlite3.Connection, prefix: str, ids: Sequence[str]) -> lis
     return out
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE``: take the write lock up front, so a busy database fails before any work."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
 Rows = list[tuple[Any, ...]]
 
 
 def _write(conn: sqlite3.Connection, states: Rows, profiles: Rows, links: Rows, removed: Rows,
            oldest: dict[str, int]) -> None:
-    with _transaction(conn):
+    with transaction(conn):
         # An erasure committed after the worker read its markers: writing would bring erased events back.
         # Refuse inside the transaction; the update stage retries, reads the marker and rebuilds the state.
         now = int(time.time() * 1000)
@@ -430,7 +339,7 @@ def _write(conn: sqlite3.Connection, states: Rows, profiles: Rows, links: Rows, 
 
 
 def _forget(conn: sqlite3.Connection, person_id: str, erased_ms: int, expires_ms: int) -> ForgetReceipt:
-    with _transaction(conn):
+    with transaction(conn):
         # Inside the transaction: cover every stored event, also those dated ahead of the clock.
         newest = conn.execute(_SQL["newest_of"], (person_id,)).fetchone()
         erased_ms = max(erased_ms, int(newest[0] or 0))
