@@ -75,7 +75,7 @@ class TrainConfig:
     heads: int = 2
     ffn_mult: int = 2
     dropout: float = 0.2
-    block: str = "bert"  # "bert" (post-LN BertLayer) or "gpt2" (pre-LN GPT2Block)
+    block: str = "bert"  # "bert" (post-LN BertLayer), "gpt2" (pre-LN GPT2Block) or "ligr" (gated, SwiGLU)
     item_bias: bool = True
     init_scale: float = 10.0
     hash_buckets: int = 1 << 14
@@ -91,7 +91,8 @@ class TrainConfig:
     ema: float = 0.98
     patience: int = 20
     smooth_selection: bool = True
-    pretrain_items: bool = True  # start item tables from training co-occurrence (<= 5000 items)
+    pretrain_items: bool = True  # start item tables from training co-occurrence (<= pretrain_max_items)
+    pretrain_max_items: int = 5000  # larger catalogues start from noise (the dense matrix is items^2)
     time_budget_s: float | None = 540.0
     threads: int | None = None
     eval_every: int = 1
@@ -207,7 +208,7 @@ def train_model(
         model = InterestEncoder(spec, enc_cfg)
     train_items = catalogue_of(split.train)
     if init is None and cfg.pretrain_items:
-        vectors = cooccurrence_vectors(split, train_items, enc_cfg.width)
+        vectors = cooccurrence_vectors(split, train_items, enc_cfg.width, max_items=cfg.pretrain_max_items)
         if vectors is not None:
             init_item_tables(model, hash_items(train_items, spec), vectors)
     data = TrainWindows(

@@ -84,3 +84,18 @@ def test_parity_gate_rejects_a_mismatching_graph(
         other.person_proj.bias.add_(1e-2)  # a small drift the gate must catch
     with pytest.raises(ExportError, match="parity failed"):
         check_parity(other, out / "model.onnx", out / "item_model.onnx", make_sequences(5), ["x"])
+
+
+def test_ligr_block_exports_with_parity(tmp_path: Path) -> None:
+    """The gated SwiGLU block (``block="ligr"``) is plain matmuls: same parity and fp16 bounds."""
+    torch.manual_seed(0)
+    spec = FeatureSpec(hash_buckets=256, max_len=24)
+    model = InterestEncoder(spec, EncoderConfig(width=16, heads=2, layers=2, dim=8, block="ligr", item_bias=True))
+    model.eval()
+    info = export_all(model, tmp_path, real=make_sequences(40, seed=1), item_ids=["g1-i1", "g2-i2"])
+    parity = info["parity_max_abs_diff"]
+    assert isinstance(parity, dict) and max(parity.values()) < PARITY_TOL
+    assert float(info["fp16_max_abs_diff"]) < 2e-2  # type: ignore[arg-type]
+    feats = featurize(make_sequences(30, seed=4), spec, pad_to=40)  # padding beyond the window is masked
+    got = cpu_session(tmp_path / "model.onnx").run([OUTPUT], feats)[0]
+    assert np.abs(got - torch_person(model, feats)).max() < PARITY_TOL
