@@ -7,6 +7,8 @@ exports cleanly to ONNX.  What is ours is the event embedding and the heads:
 
 * event embedding = sum over ``k`` hashed item tables + action + platform +
   time-gap bucket + position, then LayerNorm and dropout;
+* ``block="ligr"``: our own pre-norm block with gated residuals and a
+  SwiGLU feed-forward (:class:`LigrBlock`, the LiGR layer eSASRec uses);
 * person head: the hidden state at the last (most recent) column, projected
   and L2-normalised: one unit vector of ``dim`` per person;
 * item head: the *same* hashed item tables, projected and normalised, so any
@@ -50,7 +52,7 @@ class EncoderConfig:
     dropout: float = 0.2
     attn_dropout: float = 0.0
     init_scale: float = 10.0
-    block: str = "bert"  # "bert": post-LN BertLayer; "gpt2": pre-LN GPT2Block
+    block: str = "bert"  # "bert": post-LN BertLayer; "gpt2": pre-LN GPT2Block; "ligr": LigrBlock
     item_bias: bool = False  # reserve the last vector coordinate for a learned item bias
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,8 +64,44 @@ class EncoderConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+class LigrBlock(nn.Module):
+    """Pre-norm block with gated residuals and a SwiGLU feed-forward (LiGR, as in eSASRec).
+
+    ``x + sigmoid(gate(LN(x))) * attention(LN(x))``, then the same with the
+    feed-forward ``down(silu(up_a(LN(x))) * up_b(LN(x)))``: the gates let a
+    layer pass its input through unchanged where it has nothing to add.
+    Written with plain matmuls (the additive ``[B, 1, L, L]`` mask of
+    :meth:`InterestEncoder.hidden`) so it exports to ONNX like the others.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        w, self.heads = cfg.width, cfg.heads
+        self.norm1, self.norm2 = nn.LayerNorm(w), nn.LayerNorm(w)
+        self.qkv = nn.Linear(w, 3 * w)
+        self.out = nn.Linear(w, w)
+        self.gate1, self.gate2 = nn.Linear(w, w), nn.Linear(w, w)
+        self.up = nn.Linear(w, 2 * w * cfg.ffn_mult)
+        self.down = nn.Linear(w * cfg.ffn_mult, w)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.attn_drop = nn.Dropout(cfg.attn_dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, length, w = x.shape
+        h = self.norm1(x)
+        q, k, v = self.qkv(h).view(b, length, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(w // self.heads) + bias, dim=-1)
+        ctx = (self.attn_drop(att) @ v).transpose(1, 2).reshape(b, length, w)
+        x = x + torch.sigmoid(self.gate1(h)) * self.drop(self.out(ctx))
+        h = self.norm2(x)
+        a, g = self.up(h).chunk(2, dim=-1)
+        return x + torch.sigmoid(self.gate2(h)) * self.drop(self.down(nn.functional.silu(a) * g))
+
+
 def _blocks(cfg: EncoderConfig, max_len: int) -> list[nn.Module]:
     """Transformer blocks from a transformers config object (nothing is downloaded)."""
+    if cfg.block == "ligr":
+        return [LigrBlock(cfg) for _ in range(cfg.layers)]
     if cfg.block == "gpt2":
         from transformers import GPT2Config
         from transformers.models.gpt2.modeling_gpt2 import GPT2Block
@@ -85,7 +123,7 @@ def _blocks(cfg: EncoderConfig, max_len: int) -> list[nn.Module]:
         gpt._attn_implementation = "eager"
         return [GPT2Block(gpt, layer_idx=i) for i in range(cfg.layers)]
     if cfg.block != "bert":
-        raise ValueError(f"unknown block type {cfg.block!r} (bert or gpt2)")
+        raise ValueError(f"unknown block type {cfg.block!r} (bert, gpt2 or ligr)")
     bert = BertConfig(
         vocab_size=1,
         hidden_size=cfg.width,
@@ -122,7 +160,7 @@ class InterestEncoder(nn.Module):
         self.layers = nn.ModuleList(_blocks(cfg, spec.max_len))
         # Post-LN (BERT) normalises the embeddings first; pre-LN (GPT-2) normalises the output.
         self.emb_norm = nn.LayerNorm(w) if cfg.block == "bert" else nn.Identity()
-        self.final_norm = nn.LayerNorm(w) if cfg.block == "gpt2" else nn.Identity()
+        self.final_norm = nn.LayerNorm(w) if cfg.block in ("gpt2", "ligr") else nn.Identity()
         out = cfg.dim - 1 if cfg.item_bias else cfg.dim
         self.person_proj = nn.Linear(w, out)
         self.item_proj = nn.Linear(w, out)

@@ -121,3 +121,18 @@ def test_the_exported_graph_computes_the_last_block_for_the_last_position_only(
     assert one_row_products(out / "model.onnx") >= 6
     gpt2 = InterestEncoder(model.spec, EncoderConfig(width=16, heads=2, layers=2, dim=8, block="gpt2"))
     assert sequence_graph(gpt2) is gpt2, "GPT-2 blocks are exported whole"
+
+
+def test_ligr_block_exports_with_parity(tmp_path: Path) -> None:
+    """The gated SwiGLU block (``block="ligr"``) is plain matmuls: same parity and fp16 bounds."""
+    torch.manual_seed(0)
+    spec = FeatureSpec(hash_buckets=256, max_len=24)
+    model = InterestEncoder(spec, EncoderConfig(width=16, heads=2, layers=2, dim=8, block="ligr", item_bias=True))
+    model.eval()
+    info = export_all(model, tmp_path, real=make_sequences(40, seed=1), item_ids=["g1-i1", "g2-i2"])
+    parity = info["parity_max_abs_diff"]
+    assert isinstance(parity, dict) and max(parity.values()) < PARITY_TOL
+    assert float(info["fp16_max_abs_diff"]) < 2e-2  # type: ignore[arg-type]
+    feats = featurize(make_sequences(30, seed=4), spec, pad_to=40)  # padding beyond the window is masked
+    got = cpu_session(tmp_path / "model.onnx").run([OUTPUT], feats)[0]
+    assert np.abs(got - torch_person(model, feats)).max() < PARITY_TOL

@@ -78,5 +78,6 @@ def test_named_configs() -> None:
     assert named_config("default") == TrainConfig()
     beauty = named_config("beauty", seed=3, threads=None)
     assert (beauty.max_len, beauty.dropout, beauty.hash_buckets, beauty.seed) == (50, 0.5, 1 << 16, 3)
+    assert beauty.pretrain_max_items >= 12_101  # Beauty's catalogue starts from its co-occurrence
     with pytest.raises(ValueError, match="unknown config"):
         named_config("nope")

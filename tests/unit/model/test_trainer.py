@@ -13,7 +13,7 @@ from model.data import leave_two_out, load_events
 from model.evaluate import build_eval_set, catalogue_of
 from model.objective import TrainWindows
 from model.registry import Registry
-from model.trainer import train, train_model, validate
+from model.trainer import TrainConfig, train, train_model, validate
 from testkit.models import tiny_config
 
 
@@ -163,3 +163,13 @@ def test_cooccurrence_init_puts_items_used_together_close(people: Any) -> None:
     other = float(unit[pos["g1-i3"]] @ unit[pos["g4-i4"]])
     assert same > other + 0.3
     assert cooccurrence_vectors(split, items, width=8, max_items=10) is None
+
+
+def test_pretrain_max_items_bounds_the_cooccurrence_start(people: Any) -> None:
+    """Catalogues above ``pretrain_max_items`` start from noise; at or below, from co-occurrence."""
+    split = leave_two_out(people)
+    items = len(catalogue_of(split.train))
+    runs = [train_model(people, split, tiny_config(epochs=1, pretrain_max_items=n)) for n in (items, items - 1)]
+    with_init, without = (_state(r.model) for r in runs)
+    assert not np.array_equal(with_init["item_tables.0.weight"], without["item_tables.0.weight"])
+    assert TrainConfig().pretrain_max_items == 5000  # the default (MovieLens) behaviour is unchanged
