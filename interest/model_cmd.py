@@ -66,6 +66,10 @@ def train_cmd(
         help="Accept a candidate this much worse (valid NDCG@10) than the promoted one "
         "[default: INTEREST_QUALITY_GATE_TOLERANCE, 0]",
     ),
+    platform: str | None = typer.Option(
+        None, "--platform", help="Fine-tune the shared version --from V (default: promoted) on this platform's "
+        "targets and publish a platform version",
+    ),
 ) -> None:
     """Train (or fine-tune) the encoder, export ONNX, verify, publish; prints one JSON line.
 
@@ -74,7 +78,7 @@ def train_cmd(
     on Amazon-Beauty's validation target).  With ``--from`` the network shape and feature spec come
     from the parent version and the shape options are ignored.
     """
-    from model.registry import ModelRejected
+    from model.registry import ModelRejected, Registry
     from model.trainer import named_config, train
 
     source = _events_source(events, movielens)
@@ -110,11 +114,15 @@ def train_cmd(
             force=force,
             promote=promote,
             gate_tolerance=tolerance,
+            platform=platform,
         )
     except (ModelRejected, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
         return
-    typer.echo(json.dumps(result.summary(), sort_keys=True))
+    summary = result.summary()
+    if platform is not None:
+        summary.update(platform=platform, parent=Registry(registry).manifest(result.version).get("parent"))
+    typer.echo(json.dumps(summary, sort_keys=True))
 
 
 def eval_cmd(
@@ -126,18 +134,22 @@ def eval_cmd(
     version: str | None = typer.Option(None, "--version", help="Version to evaluate (default: promoted)"),
     target: str = typer.Option("test", "--target", help="test (last event) or valid (the one before)"),
     time_unit: str | None = typer.Option(None, "--time-unit"),
+    platform: str | None = typer.Option(None, "--platform", help="Targets: this platform's held-out events, "
+                                        "ranked in its catalogue (default version: the platform's promoted one)"),
 ) -> None:
     """NDCG@10 / HR@10 of a version through the ONNX runtime, with a popularity baseline."""
     from model.data import load_events
     from model.evaluate import evaluate_version
-    from model.registry import ModelRejected
+    from model.registry import ModelRejected, Registry
 
     if target not in ("test", "valid"):
         _fail("--target must be test or valid")
     try:
         people = load_events(_events_source(events, movielens), time_unit)
+        if platform is not None and version is None:
+            version = Registry(registry).resolve(None, platform)
         report = evaluate_version(
-            people, str(registry), version, target="test" if target == "test" else "valid"
+            people, str(registry), version, target="test" if target == "test" else "valid", platform=platform
         )
     except (ModelRejected, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -145,8 +157,11 @@ def eval_cmd(
     typer.echo(json.dumps(report, sort_keys=True))
 
 
+PLATFORM_HELP = "Platform versions (fine-tuned per platform); default: the shared model"
+
+
 def _summary(manifest: dict[str, Any], promoted: str | None) -> dict[str, Any]:
-    return {
+    out = {
         "version": manifest.get("version"),
         "promoted": manifest.get("version") == promoted,
         "parent": manifest.get("parent"),
@@ -154,19 +169,34 @@ def _summary(manifest: dict[str, Any], promoted: str | None) -> dict[str, Any]:
         "dimension": manifest.get("dimension"),
         "metrics": manifest.get("metrics", {}),
     }
+    if manifest.get("platform"):
+        out["platform"] = manifest["platform"]
+    return out
 
 
-def models_list(registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry")) -> None:
-    """Published versions, oldest first, one JSON object per line."""
-    from model.registry import ModelRejected, Registry
+def models_list(
+    registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry"),
+    platform: str | None = typer.Option(None, "--platform", help="Only this platform's versions"),
+    every: bool = typer.Option(False, "--all", help="Shared and every platform's versions"),
+) -> None:
+    """Published versions, oldest first, one JSON object per line (shared ones unless --platform / --all)."""
+    from model.registry import ModelRejected, Registry, manifest_platform
 
     reg = Registry(registry)
-    promoted = reg.promoted()
+    try:
+        promoted = {p: reg.promoted(p) for p in {None, platform, *reg.platforms()}}
+    except ModelRejected as exc:
+        _fail(exc.reason)
+        return
     for version in reg.versions():
         try:
-            typer.echo(json.dumps(_summary(reg.manifest(version), promoted), sort_keys=True))
+            manifest = reg.manifest(version)
         except ModelRejected as exc:
             typer.echo(json.dumps({"version": version, "error": str(exc)}))
+            continue
+        own = manifest_platform(manifest)
+        if every or own == platform:
+            typer.echo(json.dumps(_summary(manifest, promoted.get(own)), sort_keys=True))
 
 
 def models_show(
@@ -175,19 +205,21 @@ def models_show(
     verify: bool = typer.Option(False, "--verify", help="Also run the full verification"),
     with_coverage: bool = typer.Option(True, "--coverage/--no-coverage",
                                        help="Count the version's rows in the profile store"),
+    platform: str | None = typer.Option(None, "--platform", help="Default version: this platform's promoted one"),
 ) -> None:
     """A version's manifest (without the bulky reference tensors) and its coverage in the store."""
-    from model.registry import ModelRejected, Registry
+    from model.registry import ModelRejected, Registry, manifest_platform
 
     reg = Registry(registry)
     try:
-        chosen = reg.resolve(version)
+        chosen = reg.resolve(version, platform)
         manifest = reg.verify(chosen) if verify else reg.manifest(chosen)
+        pointer = reg.promoted(manifest_platform(manifest))
     except ModelRejected as exc:
         _fail(exc.reason)
         return
     manifest = {k: v for k, v in manifest.items() if k != "reference"}
-    manifest["promoted"] = chosen == reg.promoted()
+    manifest["promoted"] = chosen == pointer
     if with_coverage:
         manifest["coverage"] = _coverage(registry, chosen)
     typer.echo(json.dumps(manifest, indent=1, sort_keys=True))
@@ -212,13 +244,13 @@ def _coverage(registry: Path, version: str) -> dict[str, Any]:
         return {"version": version, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _announce(registry: Path, version: str, action: str) -> dict[str, Any]:
+def _announce(registry: Path, version: str, action: str, platform: str | None = None) -> dict[str, Any]:
     """Announce on interest.models; failure is reported, not fatal (workers re-check the registry)."""
     from streams.model_watch import announce
 
     try:
         settings = _settings(registry)
-        announce(settings, version, action)
+        announce(settings, version, action, None if platform is None else {"platform": platform})
         return {"announced": True}
     except (Exception, typer.Exit) as exc:  # the registry already changed: report, do not fail
         typer.echo(f"warning: could not announce the change ({exc!r}); workers pick it up at their next "
@@ -229,28 +261,37 @@ def _announce(registry: Path, version: str, action: str) -> dict[str, Any]:
 def models_promote(
     version: str = typer.Argument(..., help="Version to promote"),
     registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry"),
+    platform: str | None = typer.Option(None, "--platform", help="Check that the version is this platform's "
+                                        "(a platform version always goes to its own platform's pointer)"),
 ) -> None:
     """Verify and promote a version, and announce it: running workers hot-swap to it."""
     from model.registry import ModelRejected, Registry
 
     reg = Registry(registry)
+    own: str | None = None
     try:
-        reg.promote(version)
+        own = reg.promote(version, platform)
     except ModelRejected as exc:
         _fail(exc.reason)
-    typer.echo(json.dumps({"promoted": version, **_announce(registry, version, "promote")}))
+    extra = {} if own is None else {"platform": own}
+    typer.echo(json.dumps({"promoted": version, **extra, **_announce(registry, version, "promote", own)}))
 
 
-def models_rollback(registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry")) -> None:
+def models_rollback(
+    registry: Path = typer.Option(Path(DEFAULT_REGISTRY), "--registry"),
+    platform: str | None = typer.Option(None, "--platform", help=PLATFORM_HELP),
+) -> None:
     """Re-promote the previously promoted version and announce it: workers swap back."""
     from model.registry import ModelRejected, Registry
 
     try:
-        version = Registry(registry).rollback()
+        version = Registry(registry).rollback(platform)
     except ModelRejected as exc:
         _fail(exc.reason)
         return
-    typer.echo(json.dumps({"promoted": version, "rolled_back": True, **_announce(registry, version, "rollback")}))
+    extra = {} if platform is None else {"platform": platform}
+    typer.echo(json.dumps({"promoted": version, "rolled_back": True, **extra,
+                           **_announce(registry, version, "rollback", platform)}))
 
 
 def trainer_cmd(

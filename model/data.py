@@ -24,7 +24,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -148,18 +148,22 @@ class Split:
     """The fixed protocol: per person, last event = test, one before = validation.
 
     People with fewer than 3 events are left out of evaluation (their events
-    still train the model).
+    still train the model).  ``between`` holds, per person, events that fall
+    between the validation and the test target without being targets (other
+    platforms' events in a :func:`platform_split`); empty for leave-two-out.
     """
 
     train: Sequences
     valid: dict[str, SeqEvent]
     test: dict[str, SeqEvent]
+    between: Sequences = field(default_factory=dict)
+    platform: str | None = None
 
     def history(self, person: str, target: str) -> list[SeqEvent]:
-        """Events before the target: ``train`` for validation, ``train + valid`` for test."""
+        """Events before the target: ``train`` for validation, ``train + valid (+ between)`` for test."""
         if target == "valid":
             return self.train[person]
-        return [*self.train[person], self.valid[person]]
+        return [*self.train[person], self.valid[person], *self.between.get(person, ())]
 
 
 def leave_two_out(people: Sequences) -> Split:
@@ -174,6 +178,42 @@ def leave_two_out(people: Sequences) -> Split:
         valid[person] = seq[-2]
         test[person] = seq[-1]
     return Split(train, valid, test)
+
+
+def platform_split(people: Sequences, platform: str) -> Split:
+    """Leave-two-out on one platform's events, with the whole cross-platform sequence as input.
+
+    Per person, the last event on ``platform`` is the test target and the one
+    before it on ``platform`` the validation target; the training part is
+    every event (any platform) before the validation target, and the test
+    history adds every event between the two targets.  Events after the test
+    target are left out.  People with fewer than 3 events on the platform are
+    kept for training only, like short people in :func:`leave_two_out`.  Why
+    this shape: a platform model is asked "what will this person do next
+    *here*, given everything they did everywhere", which is what serving a
+    platform's vector answers.
+    """
+    train: Sequences = {}
+    valid: dict[str, SeqEvent] = {}
+    test: dict[str, SeqEvent] = {}
+    between: Sequences = {}
+    for person, seq in people.items():
+        here = [i for i, e in enumerate(seq) if e.platform == platform]
+        if len(here) < 3:
+            train[person] = list(seq)
+            continue
+        v, t = here[-2], here[-1]
+        train[person] = seq[:v]
+        valid[person] = seq[v]
+        test[person] = seq[t]
+        if t > v + 1:
+            between[person] = seq[v + 1 : t]
+    return Split(train, valid, test, between, platform)
+
+
+def split_for(people: Sequences, platform: str | None = None) -> Split:
+    """The evaluation split of the shared model (``None``) or of one platform."""
+    return leave_two_out(people) if platform is None else platform_split(people, platform)
 
 
 def time_window(people: Sequences) -> dict[str, int]:

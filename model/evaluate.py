@@ -42,9 +42,9 @@ class EvalSet:
     target_idx: np.ndarray
 
 
-def catalogue_of(people: Sequences) -> list[str]:
-    """All item ids of the events, sorted (the ranking candidates)."""
-    return sorted({e.item_id for seq in people.values() for e in seq})
+def catalogue_of(people: Sequences, platform: str | None = None) -> list[str]:
+    """All item ids of the events (of ``platform``'s events only, when given), sorted: the candidates."""
+    return sorted({e.item_id for seq in people.values() for e in seq if platform is None or e.platform == platform})
 
 
 def build_eval_set(split: Split, catalogue: Sequence[str], target: Target) -> EvalSet:
@@ -52,7 +52,8 @@ def build_eval_set(split: Split, catalogue: Sequence[str], target: Target) -> Ev
     goal = split.test if target == "test" else split.valid
     people = sorted(goal)
     histories = [split.history(p, target) for p in people]
-    history_idx = [np.fromiter((index[e.item_id] for e in h), np.int64, len(h)) for h in histories]
+    # Items outside the catalogue (other platforms' items for a platform's ranking) cannot be masked.
+    history_idx = [np.fromiter((index[e.item_id] for e in h if e.item_id in index), np.int64) for h in histories]
     target_idx = np.fromiter((index[goal[p].item_id] for p in people), np.int64, len(people))
     return EvalSet(people, histories, history_idx, target_idx)
 
@@ -95,9 +96,12 @@ def popularity_metrics(
     split: Split, catalogue: Sequence[str], data: EvalSet, target: Target, k: int = 10
 ) -> dict[str, float]:
     """Baseline: rank by how often each item occurs in everything before the targets."""
-    counts: Counter[str] = Counter(e.item_id for seq in split.train.values() for e in seq)
+    here = split.platform
+    counts: Counter[str] = Counter(e.item_id for seq in split.train.values() for e in seq
+                                   if here is None or e.platform == here)
     if target == "test":
         counts.update(e.item_id for e in split.valid.values())
+        counts.update(e.item_id for seq in split.between.values() for e in seq if e.platform == here)
     pop = np.array([counts.get(item, 0) for item in catalogue], dtype=np.float64)
     pop += np.arange(len(catalogue))[::-1] * 1e-9  # deterministic tie order
     return rank_metrics(lambda rows: np.broadcast_to(pop, (rows.stop - rows.start, len(pop))), data, k)
@@ -116,17 +120,22 @@ def evaluate_version(
     k: int = 10,
     use_gpu: str = "auto",
     precision: str = "auto",
+    platform: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a published version through the ONNX runtime, with the popularity baseline.
 
     ``precision`` picks the graph (``auto``: the one a worker on this machine
-    loads; ``fp16``: the GPU workers' graph, also runnable on CPU).
+    loads; ``fp16``: the GPU workers' graph, also runnable on CPU).  With
+    ``platform`` the targets are that platform's held-out events
+    (:func:`model.data.platform_split`) ranked among its own catalogue, for
+    any version: a platform's fine-tuned one or the shared one it came from.
     """
+    from model.data import split_for
     from model.runtime import EncoderRuntime
 
     runtime = EncoderRuntime.load(registry_root, version, use_gpu=use_gpu, precision=precision)
-    split = leave_two_out(people)
-    catalogue = catalogue_of(people)
+    split = split_for(people, platform) if platform is not None else leave_two_out(people)
+    catalogue = catalogue_of(people, platform)
     data = build_eval_set(split, catalogue, target)
     item_vecs = runtime.item_vectors(catalogue)
     ours = encoder_metrics(runtime.encode, item_vecs, data, k)
@@ -134,6 +143,7 @@ def evaluate_version(
     return {
         "version": runtime.version,
         "target": target,
+        **({} if platform is None else {"platform": platform}),
         "precision": runtime.precision,
         f"ndcg@{k}": round(float(ours[f"ndcg@{k}"]), 6),
         f"hr@{k}": round(float(ours[f"hr@{k}"]), 6),

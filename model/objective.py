@@ -78,6 +78,7 @@ class TrainWindows:
         shuffle_window_s: float | None = None,
         all_windows: bool = False,
         random_offsets: bool = False,
+        target_platform: str | None = None,
     ) -> None:
         self.spec, self.future, self.decay, self.shuffle = spec, max(1, future), decay, shuffle_window_s
         self.all_windows, self.random_offsets = all_windows, random_offsets
@@ -89,10 +90,17 @@ class TrainWindows:
         index = {item: i for i, item in enumerate(catalogue)}
         events = [e for q in seqs for e in q]
         self.stamps = np.fromiter((e.ts_ms for e in events), np.int64, len(events))
+        # A platform fine-tune keeps every event as input but learns only its platform's events as
+        # targets (-1, weight 0: ``loss`` skips them), over that platform's own catalogue.
+        here = target_platform
         self.cols: dict[str, np.ndarray] = {
-            "target": np.fromiter((index[e.item_id] for e in events), np.int64, len(events)),
+            "target": np.fromiter(
+                (index[e.item_id] if here is None or e.platform == here else -1 for e in events),
+                np.int64, len(events),
+            ),
             "weight": np.fromiter(
-                (weights.get(e.action, 1.0) * e.weight for e in events), np.float32, len(events)
+                (weights.get(e.action, 1.0) * e.weight if here is None or e.platform == here else 0.0
+                 for e in events), np.float32, len(events)
             ),
         }
         per_event: dict[str, list[np.ndarray]] = {

@@ -91,11 +91,18 @@ def publish_trained(
     force: bool = False,
     promote: bool = True,
     tolerance: float = 0.0,
+    platform: str | None = None,
+    parent: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Export, evaluate through the runtime, and publish; returns (version, metrics)."""
+    """Export, evaluate through the runtime, and publish; returns (version, metrics).
+
+    A platform version (``platform`` and the shared ``parent`` it was fine-tuned from) gets the
+    platform's catalogue as item index and is gated against the platform's promoted version,
+    measured on the same held-out platform events, or against ``parent`` when there is none yet.
+    """
     model, spec = trained.model, trained.spec
     model.eval()
-    catalogue = catalogue_of(people)
+    catalogue = catalogue_of(people, platform)
     valid = build_eval_set(split, catalogue, "valid")
     test = build_eval_set(split, catalogue, "test")
     with tempfile.TemporaryDirectory(prefix="interest-export-") as tmp:
@@ -124,6 +131,8 @@ def publish_trained(
         runtime = EncoderRuntime(stage, manifest, use_gpu="no")
         item_vecs = runtime.item_vectors(catalogue)
         metrics: dict[str, Any] = {}
+        if platform is not None:
+            manifest.update(platform=platform, parent=parent)
         if valid.people:
             metrics["valid"] = _round(encoder_metrics(runtime.encode, item_vecs, valid))
             metrics["test"] = _round(encoder_metrics(runtime.encode, item_vecs, test))
@@ -132,12 +141,15 @@ def publish_trained(
                 "test": _round(popularity_metrics(split, catalogue, test, "test")),
             }
         baseline = None
-        promoted = registry.promoted()
+        promoted = registry.promoted(platform) or parent  # a platform's first version: its parent
         if promoted is not None and valid.people:
             try:
-                ref = evaluate_version(people, str(registry.root), promoted, target="valid", use_gpu="no")
+                ref = evaluate_version(people, str(registry.root), promoted, target="valid", use_gpu="no",
+                                       platform=platform)
                 baseline = float(ref["ndcg@10"])
                 metrics["promoted_on_same_data"] = {"version": promoted, "valid_ndcg@10": baseline}
+                if platform is not None:
+                    metrics["promoted_on_same_data"]["platform"] = platform
             except (ModelRejected, KeyError, ValueError) as exc:
                 metrics["promoted_on_same_data"] = {"version": promoted, "error": str(exc)}
         manifest["metrics"] = metrics

@@ -10,6 +10,7 @@ Layout under ``root``::
     <version>/training.png        loss and validation curves of the run
     <version>/manifest.json       everything else (see ``publish``)
     PROMOTED                      {"version": ..., "history": [...]} replaced atomically
+    PROMOTED.<platform>           the same, for the versions fine-tuned on one platform
     promotions.log                append-only audit trail of promote/rollback
     .staging-*                    half-written versions; never listed, never loaded
 
@@ -20,12 +21,20 @@ system, so the rename is atomic), and ``PROMOTED`` is replaced with
 Workers call :meth:`Registry.verify` before swapping a model in, so a
 corrupted copy (sha mismatch), a wrong shape or a non-finite output is
 refused with a :class:`ModelRejected` naming the reason.
+
+Platform versions (``interest train --platform P --from V``) carry
+``platform`` and ``parent`` in their manifest and have a pointer of their own,
+``PROMOTED.<platform>``: promoting, rolling back and the quality gate work per
+platform exactly as for the shared model, and a platform version can never
+become the shared promoted one (``promote`` reads the platform from the
+manifest), so the two embedding spaces and item indexes are never confused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -41,6 +50,20 @@ from model.manifest import MANIFEST, ModelRejected, sha256_file
 PROMOTED = "PROMOTED"
 STAGING_PREFIX = ".staging-"
 GATE_METRIC = "ndcg@10"
+_PLATFORM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def check_platform(platform: str | None) -> str | None:
+    """``platform`` itself when it is a valid name (it becomes part of a file name), else ModelRejected."""
+    if platform is not None and not _PLATFORM_NAME.fullmatch(platform):
+        raise ModelRejected(f"invalid platform name {platform!r} (lower-case letters, digits, _ and -)")
+    return platform
+
+
+def manifest_platform(manifest: Mapping[str, Any]) -> str | None:
+    """The platform a version was fine-tuned for (None: the shared, cross-platform model)."""
+    value = manifest.get("platform")
+    return None if value in (None, "") else str(value)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -92,19 +115,38 @@ class Registry:
             if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
         )
 
-    def _pointer(self) -> dict[str, Any]:
-        path = self.root / PROMOTED
+    def platform_of(self, version: str) -> str | None:
+        """The platform of a version's manifest (None: shared; also for an unreadable manifest)."""
+        try:
+            return manifest_platform(self.manifest(version))
+        except (ModelRejected, ValueError):
+            return None
+
+    def platforms(self) -> list[str]:
+        """Platforms that have a promoted pointer, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name[len(PROMOTED) + 1:] for p in self.root.glob(PROMOTED + ".*") if p.is_file()
+                      and _PLATFORM_NAME.fullmatch(p.name[len(PROMOTED) + 1:]))
+
+    def _pointer_path(self, platform: str | None) -> Path:
+        check_platform(platform)
+        return self.root / (PROMOTED if platform is None else f"{PROMOTED}.{platform}")
+
+    def _pointer(self, platform: str | None = None) -> dict[str, Any]:
+        path = self._pointer_path(platform)
         if not path.is_file():
             return {"version": None, "history": []}
         data = json.loads(path.read_text(encoding="utf-8"))
         return {"version": data.get("version"), "history": list(data.get("history", []))}
 
-    def promoted(self) -> str | None:
-        return self._pointer()["version"]
+    def promoted(self, platform: str | None = None) -> str | None:
+        """The promoted shared version, or with ``platform`` that platform's promoted version."""
+        return self._pointer(platform)["version"]
 
-    def history(self) -> list[str]:
+    def history(self, platform: str | None = None) -> list[str]:
         """Previously promoted versions, oldest first (what ``rollback`` returns to)."""
-        return list(self._pointer()["history"])
+        return list(self._pointer(platform)["history"])
 
     def path(self, version: str) -> Path:
         if not version or "/" in version or version.startswith("."):
@@ -128,11 +170,12 @@ class Registry:
         with np.load(self.path(version) / "items.npz", allow_pickle=False) as data:
             return [str(i) for i in data["ids"]], np.asarray(data["vectors"], dtype=np.float32)
 
-    def resolve(self, version: str | None) -> str:
-        """``version`` itself, or the promoted one when None."""
-        chosen = version or self.promoted()
+    def resolve(self, version: str | None, platform: str | None = None) -> str:
+        """``version`` itself, or the promoted one (of ``platform``) when None."""
+        chosen = version or self.promoted(platform)
         if chosen is None:
-            raise ModelRejected(f"no version given and none promoted in {self.root}")
+            where = "" if platform is None else f" for platform {platform}"
+            raise ModelRejected(f"no version given and none promoted{where} in {self.root}")
         return chosen
 
     # -- checking ---------------------------------------------------------
@@ -169,20 +212,29 @@ class Registry:
         validation NDCG@10 is worse than ``baseline`` (default: the promoted
         version's recorded one) by more than ``tolerance``, the publish is
         refused with :class:`ModelRejected` unless ``force``.
+
+        A manifest with ``platform`` is a platform version: its ``parent`` is
+        the shared version it was fine-tuned from (given by the caller), and
+        the gate and the promotion use that platform's pointer.
         """
         if "model.onnx" not in files:
             raise ValueError("a version needs model.onnx")
         self.root.mkdir(parents=True, exist_ok=True)
-        parent = self.promoted()
+        platform = check_platform(manifest_platform(manifest))
+        gate_against = self.promoted(platform)
+        parent = self.promoted() if platform is None else manifest.get("parent")
+        if platform is not None and not parent:
+            raise ValueError("a platform version needs the parent (shared) version it was fine-tuned from")
         new_score = _valid_metric(manifest)
-        if baseline is None and parent is not None:
+        if baseline is None and gate_against is not None:
             try:
-                baseline = _valid_metric(self.manifest(parent))
+                baseline = _valid_metric(self.manifest(gate_against))
             except ModelRejected:
                 baseline = None
         if not force and baseline is not None and new_score is not None and new_score < baseline - tolerance:
+            whose = "the promoted version's" if platform is None else f"the baseline's for platform {platform}"
             raise ModelRejected(
-                f"validation {GATE_METRIC} {new_score:.4f} is worse than the promoted version's "
+                f"validation {GATE_METRIC} {new_score:.4f} is worse than {whose} "
                 f"{baseline:.4f} by more than {tolerance}; use force to publish anyway"
             )
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
@@ -214,7 +266,7 @@ class Registry:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         if promote:
-            self.promote(version)
+            self.promote(version, platform)
         return version
 
     def import_version(
@@ -232,38 +284,53 @@ class Registry:
         For moving a version between registries (staging to production) or
         re-publishing one; ``publish`` copies the files and re-verifies them.
         """
-        manifest = {k: v for k, v in source.manifest(version).items()
-                    if k not in ("version", "parent", "created", "sha256", "files")}
+        original = source.manifest(version)
+        dropped = ("version", "created", "sha256", "files") + (() if manifest_platform(original) else ("parent",))
+        manifest = {k: v for k, v in original.items() if k not in dropped}
         manifest.update(manifest_update or {})
         files = {name: source.path(version) / name for name in source.manifest(version)["files"]}
         return self.publish(files, manifest, promote=promote, force=force, tolerance=tolerance)
 
-    def _set_pointer(self, version: str, history: list[str], action: str) -> None:
+    def _set_pointer(self, version: str, history: list[str], action: str, platform: str | None = None) -> None:
         body = {"version": version, "history": history, "updated": time.time()}
-        _write_atomic(self.root / PROMOTED, json.dumps(body, indent=1))
+        _write_atomic(self._pointer_path(platform), json.dumps(body, indent=1))
+        entry: dict[str, Any] = {"action": action, "version": version, "at": body["updated"]}
+        if platform is not None:
+            entry["platform"] = platform
         with (self.root / "promotions.log").open("a", encoding="utf-8") as log:
-            log.write(json.dumps({"action": action, "version": version, "at": body["updated"]}) + "\n")
+            log.write(json.dumps(entry) + "\n")
 
-    def promote(self, version: str) -> None:
-        """Point ``PROMOTED`` at a verified version, remembering the previous one for rollback."""
-        self.verify(version)
-        pointer = self._pointer()
+    def promote(self, version: str, platform: str | None = None) -> str | None:
+        """Point the version's pointer (``PROMOTED``, or ``PROMOTED.<platform>`` for a platform
+        version) at it after verifying it, remembering the previous one for rollback.
+
+        ``platform``, when given, must match the manifest's: a platform version never becomes the
+        shared promoted one, nor a shared version a platform's.  Returns the version's platform.
+        """
+        manifest = self.verify(version)
+        own = manifest_platform(manifest)
+        if platform is not None and platform != own:
+            raise ModelRejected(f"version {version} is {'shared' if own is None else 'for platform ' + own}, "
+                                f"not for platform {platform}")
+        pointer = self._pointer(own)
         history = pointer["history"]
         if pointer["version"] and pointer["version"] != version:
             history = [*history, pointer["version"]]
-        self._set_pointer(version, history, "promote")
+        self._set_pointer(version, history, "promote", own)
+        return own
 
-    def rollback(self) -> str:
-        """Re-promote the previously promoted version; returns it."""
-        pointer = self._pointer()
+    def rollback(self, platform: str | None = None) -> str:
+        """Re-promote the previously promoted version (of ``platform``); returns it."""
+        pointer = self._pointer(platform)
         history = list(pointer["history"])
         while history:
             candidate = history.pop()
             if candidate != pointer["version"] and (self.root / candidate / MANIFEST).is_file():
                 self.verify(candidate)
-                self._set_pointer(candidate, history, "rollback")
+                self._set_pointer(candidate, history, "rollback", platform)
                 return candidate
-        raise ModelRejected("nothing to roll back to: no earlier promoted version")
+        where = "" if platform is None else f" for platform {platform}"
+        raise ModelRejected(f"nothing to roll back to{where}: no earlier promoted version")
 
     def cleanup_staging(self, older_than_s: float = 3600.0) -> int:
         """Remove staging directories left by crashed publishes; returns how many."""

@@ -194,8 +194,13 @@ def train_model(
     cfg: TrainConfig,
     init: tuple[FeatureSpec, EncoderConfig, dict[str, torch.Tensor]] | None = None,
     log: Callable[[str], None] | None = None,
+    platform: str | None = None,
 ) -> Trained:
-    """Train (or fine-tune ``init``) and return the model restored to its best validation epoch."""
+    """Train (or fine-tune ``init``) and return the model restored to its best validation epoch.
+
+    With ``platform`` (and ``split`` a :func:`model.data.platform_split`) only that platform's
+    events are targets, ranked against its own catalogue; every event stays an input.
+    """
     started = time.perf_counter()
     setup_determinism(cfg.seed, cfg.threads)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -217,7 +222,7 @@ def train_model(
             item_bias=cfg.item_bias,
         )
         model = InterestEncoder(spec, enc_cfg)
-    train_items = catalogue_of(split.train)
+    train_items = catalogue_of(split.train, platform)
     if init is None and cfg.pretrain_items:
         vectors = cooccurrence_vectors(split, train_items, enc_cfg.width, max_items=cfg.pretrain_max_items)
         if vectors is not None:
@@ -232,10 +237,12 @@ def train_model(
         cfg.shuffle_window_s,
         cfg.all_windows,
         cfg.random_offsets,
+        platform,
     )
-    if len(data) == 0:
-        raise ValueError("no person has 2+ training events: nothing to learn from")
-    catalogue = catalogue_of(people)
+    if len(data) == 0 or not train_items:
+        where = "" if platform is None else f" with an event on platform {platform}"
+        raise ValueError(f"no person has 2+ training events{where}: nothing to learn from")
+    catalogue = catalogue_of(people, platform)
     valid = build_eval_set(split, catalogue, "valid")
     cat_hashes = torch.from_numpy(hash_items(train_items, spec))
     negatives = cfg.negatives
@@ -338,6 +345,7 @@ def train(
     promote: bool = True,
     gate_tolerance: float = 0.0,
     log: Callable[[str], None] | None = None,
+    platform: str | None = None,
 ) -> TrainResult:
     """Load events, train (or warm-start from ``from_version``), export, verify and publish.
 
@@ -347,18 +355,33 @@ def train(
     when the new model's validation NDCG@10 is below the promoted one's by more
     than ``gate_tolerance`` (default 0: never worse; ``Settings.quality_gate_tolerance``)
     unless ``force``.
+
+    ``platform`` fine-tunes the shared version ``from_version`` (default: the
+    promoted shared one) on that platform's targets, with every platform's
+    events as inputs, and publishes a platform version (manifest ``platform``
+    and ``parent``) gated against the platform's promoted version, or the
+    parent itself on the same held-out events when the platform has none yet.
     """
-    from model.data import leave_two_out, load_events
+    from model.data import load_events, split_for
     from model.publish import load_weights, publish_trained
-    from model.registry import Registry
+    from model.registry import ModelRejected, Registry, check_platform
 
     started = time.perf_counter()
     cfg = cfg or TrainConfig()
     people = load_events(events, time_unit)
-    split = leave_two_out(people)
     registry = Registry(registry_root)
+    if platform is not None:
+        check_platform(platform)
+        from_version = from_version or registry.promoted()
+        if from_version is None:
+            raise ModelRejected("a platform version is fine-tuned from a shared one: give --from V or promote one")
+        if registry.platform_of(from_version) is not None:
+            raise ModelRejected(f"--from {from_version} is itself a platform version; give a shared one")
+    split = split_for(people, platform)
+    if platform is not None and not split.valid:
+        raise ValueError(f"no person has 3+ events on platform {platform}: nothing to fine-tune or gate on")
     init = load_weights(registry, from_version) if from_version else None
-    trained = train_model(people, split, cfg, init=init, log=log)
+    trained = train_model(people, split, cfg, init=init, log=log, platform=platform)
     info = {
         "config": {k: v for k, v in cfg.__dict__.items() if k not in ("progress",)},
         "from": from_version,
@@ -373,8 +396,11 @@ def train(
         ],
         "source": str(events) if isinstance(events, str | os.PathLike) else f"{len(events)} in-memory events",
     }
+    if platform is not None:
+        info["platform"] = platform
     version, metrics = publish_trained(
-        trained, people, split, registry, info, force=force, promote=promote, tolerance=gate_tolerance
+        trained, people, split, registry, info, force=force, promote=promote, tolerance=gate_tolerance,
+        platform=platform, parent=from_version if platform is not None else None,
     )
     plot = str(registry.path(version) / "training.png")
     if out_plot is not None:
@@ -383,7 +409,7 @@ def train(
         plot = str(out_plot)
     return TrainResult(
         version=version,
-        promoted=promote and registry.promoted() == version,
+        promoted=promote and registry.promoted(platform) == version,
         metrics=metrics,
         best_epoch=trained.best_epoch,
         epochs_run=len(trained.history),

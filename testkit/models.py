@@ -41,6 +41,32 @@ def synthetic_events(
     return events
 
 
+def platform_events(
+    people: int = 90, seed: int = 0, genres: int = 6, per_genre: int = 10, platform: str = "tv"
+) -> list[dict[str, Any]]:
+    """Two platforms with their own catalogues and tastes: web walks genre g, ``platform`` genre g+1.
+
+    Person p shops genre ``p % genres`` on the web (items ``g<g>-i<k>``) but watches genre
+    ``(p + 1) % genres`` on ``platform`` (items ``<platform>-g<g>-i<k>``), each in order: a shared model
+    must split its attention between the two, a platform model can learn the platform's own walk.
+    """
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    for p in range(people):
+        ts = T0_MS + rng.randrange(10**9)
+        cursor = {"web": rng.randrange(per_genre), platform: rng.randrange(per_genre)}
+        for _ in range(rng.randint(10, 20)):
+            ts += rng.choice([2_000, 60_000, 3_600_000])
+            where = platform if rng.random() < 0.5 else "web"
+            genre = p % genres if where == "web" else (p + 1) % genres
+            k = cursor[where] % per_genre if rng.random() > 0.1 else rng.randrange(per_genre)
+            cursor[where] += 1
+            prefix = "" if where == "web" else f"{platform}-"
+            events.append({"user_id": f"u{p}", "item_id": f"{prefix}g{genre}-i{k}", "ts_ms": ts,
+                           "action": rng.choice(["click", "browse", "purchase"]), "platform": where})
+    return events
+
+
 def make_sequences(count: int, seed: int = 0, max_events: int = 30) -> list[list[SeqEvent]]:
     """Random-length SeqEvent sequences (including empty ones) for runtime/feature tests."""
     rng = random.Random(seed)
