@@ -69,6 +69,8 @@ def reencode(
     page: Annotated[int, typer.Option(min=1, help="People per store page")] = 512,
     max_people: Annotated[int | None, typer.Option(min=1, help="Stop after this many (resume later)")] = None,
     restart: Annotated[bool, typer.Option(help="Ignore a saved cursor and start over")] = False,
+    platform: Annotated[str | None, typer.Option(
+        "--platform", help="Default version: the platform's promoted one (a row per person of that version)")] = None,
 ) -> None:
     """Re-encode every stored sequence with one version, resumably, beside the running workers."""
     from interest.reencode import ReencodeProgress, coverage
@@ -76,7 +78,7 @@ def reencode(
     from model.runtime import EncoderRuntime
 
     settings = settings_or_exit()
-    chosen = _version(settings, version)
+    chosen = _version(settings, version, platform)
     runtime = EncoderRuntime.load(settings.registry, chosen, settings.use_gpu)
 
     def show(p: ReencodeProgress) -> None:

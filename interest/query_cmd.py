@@ -26,18 +26,29 @@ async def _with_store(settings: Settings, fn: Any) -> Any:
         return await fn(store)
 
 
-def _version(settings: Settings, version: str | None) -> str:
+def _version(settings: Settings, version: str | None, platform: str | None = None) -> str:
+    """The version to read: ``--version``, else (with ``--platform``) the platform's promoted one, else the
+    pinned or promoted shared one.  A platform's rows and item index live under its own version."""
     if version:
         return version
-    if settings.model_version:
-        return settings.model_version
-    from model.registry import Registry
+    from model.registry import ModelRejected, Registry
 
-    promoted = Registry(settings.registry).promoted()
+    if platform is None and settings.model_version:
+        return settings.model_version
+    try:
+        promoted = Registry(settings.registry).promoted(platform)
+    except ModelRejected as exc:
+        typer.echo(f"error: {exc.reason}", err=True)
+        raise typer.Exit(2) from exc
     if promoted is None:
-        typer.echo(f"error: no promoted model in {settings.registry}; pass --version", err=True)
+        where = "" if platform is None else f" for platform {platform}"
+        typer.echo(f"error: no promoted model{where} in {settings.registry}; pass --version", err=True)
         raise typer.Exit(2)
     return str(promoted)
+
+
+PlatformOpt = Annotated[str | None, typer.Option(
+    "--platform", help="Use the platform's fine-tuned version (vector and item index); default: the shared one")]
 
 
 def profile_dict(p: Any) -> dict[str, Any]:
@@ -73,14 +84,16 @@ def profile(
     version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
     all_versions: Annotated[bool, typer.Option("--all", help="Every version's row")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    platform: PlatformOpt = None,
 ) -> None:
     """Show a person's interest profile."""
     settings = settings_or_exit()
+    ver = None if all_versions else _version(settings, version, platform)
 
     async def run(store: Any) -> list[Any]:
-        if all_versions:
+        if ver is None:
             return list(await store.get_profiles(person))
-        row = await store.get_profile(person, _version(settings, version))
+        row = await store.get_profile(person, ver)
         return [row] if row else []
 
     rows = asyncio.run(_with_store(settings, run))
@@ -108,6 +121,7 @@ def recommend(
     version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
     diverse: Annotated[bool, typer.Option("--diverse", help="Mix items from each of the person's interests")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    platform: PlatformOpt = None,
 ) -> None:
     """Top-k items for a person from the model's item index, history excluded.
 
@@ -118,7 +132,7 @@ def recommend(
     from model.registry import Registry
 
     settings = settings_or_exit()
-    ver = _version(settings, version)
+    ver = _version(settings, version, platform)
 
     async def run(store: Any) -> tuple[Any, Any]:
         row = await store.get_profile(person, ver)
@@ -137,6 +151,7 @@ def recommend(
         (i, s, None) for i, s in top_items(row.vector, items, vectors, seen, k)]
     if as_json:
         typer.echo(json.dumps({"person_id": person, "model_version": ver, "diverse": diverse,
+                               **({} if platform is None else {"platform": platform}),
                                "items": [{"item_id": i, "score": s} | ({} if n is None else {"interest": n + 1})
                                          for i, s, n in mixed]}))
         return
@@ -149,10 +164,11 @@ def similar(
     k: Annotated[int, typer.Option("-k", help="How many people")] = 10,
     version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    platform: PlatformOpt = None,
 ) -> None:
     """Nearest people to a person in one model's embedding space."""
     settings = settings_or_exit()
-    ver = _version(settings, version)
+    ver = _version(settings, version, platform)
 
     async def run(store: Any) -> Any:
         row = await store.get_profile(person, ver)
@@ -178,13 +194,14 @@ def explain(
     version: Annotated[str | None, typer.Option(help="Model version (default: promoted)")] = None,
     top: Annotated[int, typer.Option("-n", help="Events to show")] = 10,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    platform: PlatformOpt = None,
 ) -> None:
     """Which of a person's events drive a recommendation (leave-one-out occlusion through the encoder)."""
     from model.explain import explain as explain_events
     from model.runtime import EncoderRuntime
 
     settings = settings_or_exit()
-    ver = _version(settings, version)
+    ver = _version(settings, version, platform)
     runtime = EncoderRuntime.load(settings.registry, ver, settings.use_gpu)
 
     async def run(store: Any) -> Any:

@@ -10,12 +10,13 @@ Secrets are ``SecretStr`` and print as ``**********``.
 from __future__ import annotations
 
 import os
+import re
 from enum import Enum, StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "INTEREST_"
 # Variables the test-suite reads itself; not settings of the system.
@@ -105,6 +106,11 @@ class Settings(BaseSettings):
         0.0, ge=0.0, le=1.0,
         description="Publish a candidate at most this much worse (valid NDCG@10) than the promoted version",
     )
+    platforms_served: Annotated[list[str], NoDecode] = Field(  # "tv,app" or a JSON list
+        default_factory=list,
+        description="Platforms whose promoted fine-tuned version workers serve beside the shared one (a row per "
+        "person and version); the periodic trainer refreshes them after the shared model. Empty: shared only",
+    )
 
     # -- Worker ----------------------------------------------------------
     app_id: str = "interest-worker"
@@ -132,12 +138,30 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("platforms", "topics", mode="before")
+    @field_validator("platforms", "topics", "platforms_served", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("platforms_served", mode="before")
+    @classmethod
+    def _served_json(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            import json
+
+            return json.loads(value)
+        return value
+
+    @field_validator("platforms_served")
+    @classmethod
+    def _check_served(cls, value: list[str]) -> list[str]:
+        # The names become registry file names (PROMOTED.<platform>): the registry's own rule.
+        bad = [p for p in value if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", p)]
+        if bad:
+            raise ValueError(f"platforms_served: invalid platform name(s) {bad} (lower-case letters, digits, _, -)")
+        return list(dict.fromkeys(value))
 
     @field_validator("store_url")
     @classmethod

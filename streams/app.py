@@ -27,7 +27,7 @@ from schemas.normalize import Normalizer
 from schemas.settings import Settings
 from streams import faust_tuning, metrics
 from streams.backoff import retry_forever
-from streams.model_holder import ModelHolder
+from streams.model_holder import ServedModels
 from streams.model_watch import watch_models
 from streams.stages import IngestStage, KafkaSender, UpdateStage, delivering, stage_backoff
 from streams.stores.factory import open_store
@@ -44,19 +44,21 @@ class Worker:
         self.app = app
         self.settings = settings
         self.store = open_store(settings)
-        self.model = ModelHolder(settings, lambda: self.store.vector_dim)
+        self.models = ServedModels(settings, lambda: self.store.vector_dim)
+        self.model = self.models.shared
         self.stats = WorkerStats()
         send = KafkaSender(app)
         stopping = lambda: bool(app.should_stop)  # noqa: E731  (SIGTERM: see Backoff)
         self.backoff = stage_backoff(settings, stopping)
         forward = delivering(send, settings, self.backoff, "forward to the person topic")
-        self.updater = ProfileUpdater(self.store, self.model.current, forward, settings, self.model.expected)
+        self.updater = ProfileUpdater(self.store, self.model.current, forward, settings, self.model.expected,
+                                      self.models.platform_runtimes)
         self.ingest = IngestStage(settings, Normalizer(load_adapters()), send, self.stats, stopping)
         self.update = UpdateStage(settings, self.updater, send, self.stats, stopping)
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
-        await self.model.load()
+        await self.models.load()
         if self.settings.store_url.startswith("sqlite:"):
             # The embedded store needs no set-up step; Cassandra needs `interest store init`.
             runtime = self.model.current()
@@ -103,8 +105,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     @app.task
     async def model_watch() -> None:
         await ctx.ready.wait()
-        if settings.model_version is None:  # a pinned version never swaps
-            await watch_models(settings, ctx.model.refresh, lambda: bool(app.should_stop))
+        if settings.model_version is None or ctx.models.platforms:  # a pinned (shared) version never swaps
+            await watch_models(settings, ctx.models.refresh, lambda: bool(app.should_stop))
 
     @app.agent(raw_topic, name="ingest")
     async def ingest(stream: Any) -> None:
@@ -153,6 +155,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     async def stats(web: Any, request: Any) -> Any:
         body = ctx.stats.as_dict()
         body["model_version"] = ctx.model.version
+        if ctx.models.platforms:
+            body["platform_versions"] = ctx.models.versions()
         return web.json(body)
 
     app.interest_context = ctx  # type: ignore[attr-defined]

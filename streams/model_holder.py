@@ -9,6 +9,13 @@ with the manifest's reference outputs) and the first onnxruntime calls take
 hundreds of milliseconds; doing them in a thread keeps the batches flowing on
 the old version until the new one is ready, and the swap itself is a single
 attribute assignment.
+
+One holder per served version line: the shared model, and with
+``INTEREST_PLATFORMS_SERVED`` one holder per platform following that
+platform's ``PROMOTED.<platform>`` pointer (pinning with
+``INTEREST_MODEL_VERSION`` applies to the shared model only).  Each swaps,
+refuses and falls back on its own, so a damaged platform version never
+stops the shared one, nor another platform's.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ def _load_and_warm(root: str, version: str, use_gpu: str) -> Any:
 class ModelHolder:
     """Holds the runtime in use; ``refresh`` follows the registry's promoted version."""
 
-    def __init__(self, settings: Settings, store_dim: Callable[[], int | None] = lambda: None) -> None:
+    def __init__(self, settings: Settings, store_dim: Callable[[], int | None] = lambda: None,
+                 platform: str | None = None) -> None:
         self.settings = settings
+        self.platform = platform  # None: the shared model
         self.store_dim = store_dim  # a version whose vectors the store cannot hold is refused
         self._runtime: Any = None
         self._lock = asyncio.Lock()
@@ -74,13 +83,13 @@ class ModelHolder:
         """The version to serve (pinned or promoted) and earlier promoted ones, newest first."""
         from model.registry import Registry
 
-        if self.settings.model_version is not None:
+        if self.settings.model_version is not None and self.platform is None:
             return self.settings.model_version, []
         root = self.settings.registry
         if not Path(root).exists():
             return None, []
         registry = Registry(root)
-        return registry.promoted(), list(reversed(registry.history()))
+        return registry.promoted(self.platform), list(reversed(registry.history(self.platform)))
 
     async def load(self, version: str | None = None) -> bool:
         """Load (and verify) ``version``, else the pinned or promoted one.
@@ -136,15 +145,47 @@ class ModelHolder:
         old = self.version
         self._runtime = runtime
         self.swaps += 1
-        metrics.MODEL_INFO.info({"version": str(runtime.version), "dim": str(runtime.dim)})
+        if self.platform is None:  # the info metric names the shared version (platform ones: /stats)
+            metrics.MODEL_INFO.info({"version": str(runtime.version), "dim": str(runtime.dim)})
         metrics.MODEL_SWAPS.inc()
         metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
-        log.info("model version %s in use (dim %s, was %s, loaded and checked in %.2fs)",
+        log.info("%smodel version %s in use (dim %s, was %s, loaded and checked in %.2fs)", self._what(),
                  runtime.version, runtime.dim, old, time.perf_counter() - started)
         return True
+
+    def _what(self) -> str:
+        return "" if self.platform is None else f"platform {self.platform} "
 
     def _refuse(self, version: str, reason: str, message: str) -> bool:
         self.refused[version] = (message, time.monotonic())
         metrics.MODEL_REFUSED.labels(reason=reason).inc()
-        log.error("model version %s REFUSED, still serving %s: %s", version, self.version, message)
+        log.error("%smodel version %s REFUSED, still serving %s: %s", self._what(), version, self.version, message)
         return False
+
+
+class ServedModels:
+    """The shared holder plus one per served platform: what a worker encodes every batch with."""
+
+    def __init__(self, settings: Settings, store_dim: Callable[[], int | None] = lambda: None) -> None:
+        self.shared = ModelHolder(settings, store_dim)
+        self.platforms = [ModelHolder(settings, store_dim, platform=p) for p in settings.platforms_served]
+
+    def platform_runtimes(self) -> list[Any]:
+        """Loaded platform runtimes, in the configured order (a platform with none loaded is skipped)."""
+        return [r for r in (h.current() for h in self.platforms) if r is not None]
+
+    def versions(self) -> dict[str, str | None]:
+        """Platform -> version in use (``/stats``)."""
+        return {str(h.platform): h.version for h in self.platforms}
+
+    async def load(self) -> None:
+        await self.shared.load()
+        for holder in self.platforms:
+            await holder.load()
+
+    async def refresh(self) -> bool:
+        """Follow every pointer (one announcement or registry check covers all); True when any swapped."""
+        swapped = await self.shared.refresh()
+        for holder in self.platforms:
+            swapped = await holder.refresh() or swapped
+        return swapped

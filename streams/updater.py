@@ -150,6 +150,7 @@ class BatchReport:
     forgotten: int = 0
     merge: MergeOutcome = field(default_factory=MergeOutcome)
     model_version: str | None = None
+    platform_versions: list[str] = field(default_factory=list)  # served platform versions, beside the shared
     encode_s: float = 0.0
     write_s: float = 0.0
     freshness_ms: list[float] = field(default_factory=list)  # newest event time -> written
@@ -202,10 +203,13 @@ class ProfileUpdater:
         send: Send,
         settings: Settings,
         model_expected: Callable[[], bool] = lambda: False,
+        platform_encoders: Callable[[], Sequence[Encoder]] = lambda: (),
     ) -> None:
         self.store = store
         self.encoder = encoder
         self.model_expected = model_expected
+        # Served platform versions: every changed person also gets a row of each (one call per version).
+        self.platform_encoders = platform_encoders
         self.send = send
         self.max_len = settings.seq_len
         self.interests_max = settings.interests_max
@@ -366,17 +370,21 @@ class ProfileUpdater:
             return
         report = work.report
         started = time.perf_counter()
-        vectors, interests = await asyncio.to_thread(self._vectors, encoder, [s.events for s in work.changed])
+        served, seqs = [encoder, *self.platform_encoders()], [s.events for s in work.changed]
+        # Every served version's vectors and interests for the whole batch, in one worker-thread hop.
+        outputs = await asyncio.to_thread(lambda: [self._vectors(e, seqs) for e in served])
         report.encode_s = time.perf_counter() - started
         report.encoded = len(work.changed)
         report.model_version = encoder.version
+        report.platform_versions = [e.version for e in served[1:]]
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        for state, vector, kept in zip(work.changed, vectors, interests, strict=True):
-            work.batch.profiles.append(Profile(
-                state.person_id, encoder.version, np.asarray(vector, dtype=np.float32),
-                state.event_count, state.first_ts_ms, state.last_ts_ms, dict(state.platforms),
-                state.write_ts, now, kept,
-            ))
+        for version_encoder, (vectors, interests) in zip(served, outputs, strict=True):
+            for state, vector, kept in zip(work.changed, vectors, interests, strict=True):
+                work.batch.profiles.append(Profile(
+                    state.person_id, version_encoder.version, np.asarray(vector, dtype=np.float32),
+                    state.event_count, state.first_ts_ms, state.last_ts_ms, dict(state.platforms),
+                    state.write_ts, now, kept,
+                ))
 
     def _vectors(
         self, encoder: Encoder, sequences: list[list[SeqEvent]]

@@ -111,12 +111,11 @@ def tiny_config(**overrides: Any) -> Any:
     return TrainConfig(**base)
 
 
-def train_tiny_model(root: Path, seed: int = 0) -> str:
-    """Train a small model on synthetic history and publish it to ``root``; returns the version."""
+def tiny_rows(seed: int = 0) -> list[dict[str, Any]]:
+    """The canonical event rows ``train_tiny_model`` trains on (synthetic traffic on every platform)."""
     import time as _time
 
     from interest.synthetic import RawEvent, SyntheticTraffic
-    from model.trainer import TrainConfig, train
     from schemas.adapters import load_adapters
 
     traffic = SyntheticTraffic(load_adapters(), users=150, items=300, seed=5 + seed)
@@ -130,5 +129,23 @@ def train_tiny_model(root: Path, seed: int = 0) -> str:
                 item = item[key]
             rows.append({"user_id": e.person_id, "item_id": str(item), "timestamp": e.ts_ms,
                          "platform": e.topic.split(".")[1], "action": e.topic.split(".")[2]})
+    return rows
+
+
+def train_tiny_model(root: Path, seed: int = 0) -> str:
+    """Train a small model on synthetic history and publish it to ``root``; returns the version."""
+    from model.trainer import TrainConfig, train
+
     cfg = TrainConfig(epochs=2, max_len=50, width=32, dim=64, layers=1, heads=2, seed=seed, progress=False)
-    return str(train(rows, root, cfg, time_unit="ms", force=True).version)
+    return str(train(tiny_rows(seed), root, cfg, time_unit="ms", force=True).version)
+
+
+def train_tiny_platform_model(root: Path, parent: str, platform: str = "tv", seed: int = 0,
+                              promote: bool = True, force: bool = True, **overrides: Any) -> str:
+    """Fine-tune ``parent`` on ``platform``'s events of ``tiny_rows(seed)`` and publish the platform version."""
+    from model.trainer import TrainConfig, train
+
+    given: dict[str, Any] = dict(epochs=2, seed=seed, progress=False, threads=1)
+    given.update(overrides)
+    return str(train(tiny_rows(seed), root, TrainConfig(**given), from_version=parent, platform=platform,
+                     time_unit="ms", force=force, promote=promote).version)
