@@ -305,10 +305,14 @@ def trainer_cmd(
     force: bool = typer.Option(False, "--force", help="Publish even if the quality gate refuses"),
     registry: Path | None = typer.Option(None, "--registry", help="Registry (default INTEREST_REGISTRY)"),
 ) -> None:
-    """Periodic re-fine-tune: store sequences -> warm-started model -> gate -> publish -> announce."""
+    """Periodic re-fine-tune: store sequences -> warm-started model -> gate -> publish -> announce.
+
+    With INTEREST_PLATFORMS_SERVED each platform is fine-tuned from the promoted shared version next,
+    with its own gate; their outcomes are under ``platforms`` in the printed summary.
+    """
     import time
 
-    from interest.periodic import RoundOptions, parse_duration, run_round
+    from interest.periodic import RoundOptions, parse_duration, run_rounds
 
     if once == (every is not None):
         _fail("give exactly one of --once or --every DURATION")
@@ -324,7 +328,7 @@ def trainer_cmd(
     while True:
         started = time.monotonic()
         try:
-            summary = run_round(settings, options)
+            summary = run_rounds(settings, options)
         except Exception as exc:  # --every must survive a bad round (store down, odd data); --once reports it
             if once:
                 raise

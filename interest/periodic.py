@@ -10,6 +10,12 @@ passes (``Registry.publish``), and announce the new version on
 A round that is refused by the gate or finds too little data is a normal
 outcome, reported as data (``published: false`` and the reason), not an
 error: the CronJob should not page anyone because the model did not improve.
+
+With ``INTEREST_PLATFORMS_SERVED`` the round then refreshes each platform:
+the promoted shared version (the one just published, or the one that stayed)
+is fine-tuned on that platform's targets from the same rows, gated against
+the platform's promoted version and announced; each platform reports its own
+outcome under ``platforms`` and one refusal never stops the others.
 """
 
 from __future__ import annotations
@@ -75,14 +81,16 @@ async def _read_events(settings: Settings, window_days: float, max_people: int |
     return rows, people
 
 
-def run_round(settings: Settings, options: RoundOptions) -> dict[str, Any]:
+def run_round(settings: Settings, options: RoundOptions, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One training round; returns a JSON-able summary (``published`` says what happened)."""
     from model.registry import ModelRejected, Registry
     from model.trainer import TrainConfig, train
-    from streams.model_watch import announce
 
     started = time.perf_counter()
-    rows, people = asyncio.run(_read_events(settings, options.window_days, options.max_people))
+    if rows is None:
+        rows, people = asyncio.run(_read_events(settings, options.window_days, options.max_people))
+    else:
+        people = len({r["user_id"] for r in rows})
     summary: dict[str, Any] = {"events": len(rows), "people": people, "window_days": options.window_days}
     if people < options.min_people:
         return {**summary, "published": False,
@@ -101,11 +109,61 @@ def run_round(settings: Settings, options: RoundOptions) -> dict[str, Any]:
                 "seconds": round(time.perf_counter() - started, 2)}
     summary.update(published=True, version=result.version, parent=parent, warm_start=warm is not None,
                    metrics=result.metrics, seconds=round(time.perf_counter() - started, 2))
+    _announce(settings, result.version, {"parent": parent}, summary)
+    return summary
+
+
+def _announce(settings: Settings, version: str, extra: dict[str, Any], summary: dict[str, Any]) -> None:
+    from streams.model_watch import announce
+
     try:
-        announce(settings, result.version, "publish", {"parent": parent})
+        announce(settings, version, "publish", extra)
         summary["announced"] = True
     except Exception as exc:  # the registry is the truth; workers also re-check it periodically
-        log.warning("could not announce %s on %s: %s", result.version, settings.models_topic, exc)
+        log.warning("could not announce %s on %s: %s", version, settings.models_topic, exc)
         summary["announced"] = False
         summary["announce_error"] = str(exc)
+
+
+def run_platform_round(settings: Settings, options: RoundOptions, rows: list[dict[str, Any]],
+                       platform: str) -> dict[str, Any]:
+    """Fine-tune the promoted shared version on ``platform``'s targets in ``rows``; gate, publish, announce."""
+    from model.registry import ModelRejected, Registry
+    from model.trainer import TrainConfig, train
+
+    started = time.perf_counter()
+    registry = Registry(settings.registry)
+    parent = registry.promoted()
+    people = len({r["user_id"] for r in rows if r["platform"] == platform})
+    summary: dict[str, Any] = {"people": people, "parent": parent, "previous": registry.promoted(platform)}
+    if parent is None or not (registry.path(parent) / "weights.npz").is_file():
+        return {**summary, "published": False, "reason": "no promoted shared version with weights to fine-tune"}
+    if people < options.min_people:
+        return {**summary, "published": False,
+                "reason": f"not enough data: {people} people with {platform} events in the window "
+                          f"(< {options.min_people})"}
+    cfg = TrainConfig(epochs=options.epochs, time_budget_s=options.time_budget_s, seed=options.seed,
+                      progress=True, **options.extra)
+    try:
+        result = train(rows, settings.registry, cfg, from_version=parent, platform=platform, time_unit="ms",
+                       force=options.force, gate_tolerance=settings.quality_gate_tolerance,
+                       log=lambda msg: print(f"[{platform}] {msg}", file=sys.stderr, flush=True))
+    except ModelRejected as exc:
+        return {**summary, "published": False, "reason": f"quality gate: {exc.reason}",
+                "seconds": round(time.perf_counter() - started, 2)}
+    except ValueError as exc:  # e.g. nobody with 3+ events on the platform: nothing to gate on
+        return {**summary, "published": False, "reason": f"not enough data: {exc}"}
+    summary.update(published=True, version=result.version, metrics=result.metrics,
+                   seconds=round(time.perf_counter() - started, 2))
+    _announce(settings, result.version, {"parent": parent, "platform": platform}, summary)
+    return summary
+
+
+def run_rounds(settings: Settings, options: RoundOptions) -> dict[str, Any]:
+    """The shared round, then (``platforms_served``) every platform's, from the same rows."""
+    if not settings.platforms_served:
+        return run_round(settings, options)
+    rows, _ = asyncio.run(_read_events(settings, options.window_days, options.max_people))
+    summary = run_round(settings, options, rows)
+    summary["platforms"] = {p: run_platform_round(settings, options, rows, p) for p in settings.platforms_served}
     return summary

@@ -170,3 +170,29 @@ def test_platform_candidate_refused_while_shared_keeps_serving(
         refusal = [line for line in worker.logs().splitlines() if "REFUSED" in line]
         print("refused:", refusal[0] if refusal else None)
         assert refusal and f"platform tv model version {tv2} REFUSED, still serving {tv1}" in refusal[0]
+
+
+def test_trainer_refreshes_the_shared_model_then_each_platform(
+    make_settings: Any, registry: tuple[Registry, str, str, str], tmp_path: Path
+) -> None:
+    reg, v1, tv1, _ = registry
+    settings = make_settings(registry=str(reg.root), model_check_interval_s=3600, platforms_served=["tv"])
+    traffic = SyntheticTraffic(load_adapters(), users=40, items=200, seed=51)
+    events = list(traffic.events(800, int(time.time() * 1000) - 3_600_000, step_ms=100))
+    with WorkerProcess(settings, tmp_path) as worker:
+        produce_events(settings, events)
+        oracle = expected_profiles(events)
+        wait_until(lambda: applied(settings) >= sum(e.count for e in oracle.values()), 90, what="events applied")
+        summary = run_cli(settings, "trainer", "--once", "--epochs", "1", "--min-people", "3", "--force",
+                          "--registry", str(reg.root))
+        tv = summary["platforms"]["tv"]
+        print(f"trainer round: shared {summary.get('version')} ({summary.get('seconds')}s), "
+              f"tv {tv.get('version')} ({tv.get('seconds')}s, {tv['people']} people)")
+        assert summary["published"] is True and summary["parent"] == v1
+        v2 = summary["version"]
+        assert tv["published"] is True and tv["parent"] == v2 and tv["previous"] == tv1 and tv["announced"]
+        assert reg.promoted() == v2 and reg.promoted("tv") == tv["version"]
+        manifest = reg.manifest(tv["version"])
+        assert manifest["parent"] == v2 and manifest["platform"] == "tv"
+        wait_until(lambda: worker.get("/ready")[1]["model_version"] == v2
+                   and platform_version(worker) == tv["version"], 60, what="worker adopted both versions")
