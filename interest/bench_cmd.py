@@ -25,6 +25,7 @@ BENCHES = {
     "swap": "freshness p99 during a model hot-swap vs steady state",
     "rolling": "workers replaced one at a time under load, store vs oracle",
     "profile": "where a saturated worker's CPU goes, per event and stage (py-spy), with a flame graph",
+    "platforms": "synthetic traffic: platform vs shared vector NDCG@10 per platform, people/s serving 1 vs P+1",
 }
 
 

@@ -8,12 +8,20 @@ Zipf-skewed over people and items, like real traffic.
 
 Raw events are written in each platform's own format by inverting its
 declarative adapter, so every shipped (or configured) platform gets traffic.
+
+Platforms that differ (off by default, so every existing seed gives the same
+traffic as before): ``platform_tastes`` is the probability that a person's
+preferred clusters on a platform are drawn anew for that platform (they watch
+on TV what they would never buy on the web); ``platform_catalogue`` is the
+share of a platform's events whose item comes from that platform's own
+catalogue (``<platform>-i<n>``, same cluster structure) instead of the
+shared items (``i<n>``).  The extra draws use a random stream of their own.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -88,7 +96,11 @@ class SyntheticTraffic:
         clusters: int = 20,
         anonymous_share: float = 0.2,
         seed: int = 0,
+        platform_tastes: float = 0.0,
+        platform_catalogue: float = 0.0,
     ) -> None:
+        if not (0.0 <= platform_tastes <= 1.0 and 0.0 <= platform_catalogue <= 1.0):
+            raise ValueError("platform_tastes and platform_catalogue are probabilities in [0, 1]")
         self.adapters = adapters
         self.platforms = sorted(adapters)
         self.users = users
@@ -112,6 +124,15 @@ class SyntheticTraffic:
                 if self.rng.random() < anonymous_share:
                     self.anon_left[(u, p)] = self.rng.randint(1, 6)
         self._seq = 0
+        # Platform differences, from their own stream so the draws above stay as they were.
+        self.platform_tastes, self.platform_catalogue = platform_tastes, platform_catalogue
+        self.prng = random.Random(f"platforms-{seed}")
+        self.platform_prefs: dict[tuple[int, str], list[int]] = {}
+        if platform_tastes > 0:
+            for u in range(users):
+                for p in self.user_platforms[u]:
+                    if self.prng.random() < platform_tastes:
+                        self.platform_prefs[(u, p)] = self.prng.sample(range(clusters), k=self.prng.randint(1, 3))
 
     def person(self, u: int) -> str:
         return f"u{u}"
@@ -122,14 +143,16 @@ class SyntheticTraffic:
     def _pick_user(self) -> int:
         return int(np.searchsorted(self.user_weights, self.rng.random() * self.user_weights[-1]))
 
-    def _pick_item(self, u: int) -> str:
-        prefs = self.prefs[u]
+    def _pick_item(self, u: int, platform: str | None = None) -> str:
+        prefs = self.platform_prefs.get((u, platform or ""), self.prefs[u])
         cluster = self.rng.choice(prefs) if self.rng.random() < 0.85 else self.rng.randrange(self.clusters)
+        own = self.platform_catalogue > 0 and self.prng.random() < self.platform_catalogue
+        prefix = f"{platform}-" if own and platform else ""
         members = self.cluster_items[cluster]
         if len(members) == 0:
-            return f"i{self.rng.randrange(self.items)}"
+            return f"{prefix}i{self.rng.randrange(self.items)}"
         rank = min(int(self.rng.paretovariate(1.2)) - 1, len(members) - 1)
-        return f"i{int(members[rank])}"
+        return f"{prefix}i{int(members[rank])}"
 
     def _pick_action(self) -> str:
         r = self.rng.random()
@@ -152,7 +175,7 @@ class SyntheticTraffic:
             platform = self.rng.choice(self.user_platforms[u])
             adapter = self.adapters[platform]
             action = self._pick_action()
-            item = self._pick_item(u)
+            item = self._pick_item(u, platform)
             self._seq += 1
             event_id = f"{platform}-{self.seed}-{self._seq}"
             anon = self.anon_left.get((u, platform), 0)
@@ -171,3 +194,23 @@ class SyntheticTraffic:
                 raw = to_raw(adapter, event_id=event_id, person=person, device=self.device(u, platform),
                              action=action, item=item, ts_ms=ts_ms)
                 yield RawEvent(f"events.{platform}.{action}", person, raw, person, ts_ms)
+
+
+def canonical_rows(events: Iterable[RawEvent | tuple[str, dict[str, Any]]],
+                   adapters: dict[str, PlatformAdapter]) -> list[dict[str, Any]]:
+    """Canonical training rows (ground-truth person, platform, action, item, time) of generated events.
+
+    For offline training and benchmarks that measure the model, not the pipeline: identity links
+    are skipped because every raw event already carries its true person.
+    """
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        if not isinstance(e, RawEvent):
+            continue
+        _, platform, action = e.topic.rsplit(".", 2)
+        item: Any = e.value
+        for key in adapters[platform].item_field:
+            item = item[key]
+        rows.append({"user_id": e.person_id, "item_id": str(item), "ts_ms": e.ts_ms, "platform": platform,
+                     "action": action})
+    return rows

@@ -110,3 +110,17 @@ def test_quality(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert 0 < report["ours"]["ndcg@10"] <= 1 and 0 < report["popularity"]["ndcg@10"] <= 1
     assert close(report["ratios"]["ndcg_vs_popularity"], report["ours"]["ndcg@10"], report["popularity"]["ndcg@10"])
     assert report["train_seconds"] > 0
+
+
+def test_platforms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.platforms import main
+
+    report = run_bench(main, ["--quick", "--quiet", "--out-dir", str(tmp_path)], capsys)
+    assert report["traffic"] == "synthetic"
+    tv = report["platforms"]["tv"]
+    assert tv["version"] != report["shared_version"] and tv["items"] > 0
+    for side in ("platform", "shared", "popularity"):
+        assert 0 <= tv[side]["ndcg@10"] <= 1 and tv[side]["users"] > 0
+    serving = report["serving"]
+    assert serving["versions"] == 2 and serving["people_per_s_all_versions"] > 0
+    assert close(serving["slowdown"], serving["people_per_s_shared_only"], serving["people_per_s_all_versions"])

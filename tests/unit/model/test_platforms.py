@@ -186,3 +186,26 @@ def test_platform_cli_train_list_show_promote_rollback_eval(
     assert report["version"] == second["version"] and report["platform"] == "tv"
     res = runner.invoke(app, ["train", *base, "--platform", "tv", "--from", second["version"], *tiny])
     assert res.exit_code == 2 and "itself a platform version" in res.stderr
+
+
+def test_synthetic_platforms_have_their_own_catalogues_and_tastes() -> None:
+    from interest.synthetic import SyntheticTraffic, canonical_rows
+    from schemas.adapters import load_adapters
+
+    adapters = load_adapters()
+
+    def rows(**kw: float) -> list[dict[str, Any]]:
+        traffic = SyntheticTraffic(adapters, users=60, items=200, seed=4, **kw)
+        return canonical_rows(traffic.events(3000, 1_700_000_000_000), adapters)
+
+    plain = rows()
+    assert plain == rows(platform_tastes=0.0, platform_catalogue=0.0), "defaults: the traffic of before"
+    assert all(r["item_id"].startswith("i") for r in plain)
+    own = rows(platform_catalogue=0.6)
+    share = sum(r["item_id"].startswith(f"{r['platform']}-") for r in own) / len(own)
+    assert 0.5 < share < 0.7 and not any(r["item_id"].split("-")[0] in adapters and
+                                         not r["item_id"].startswith(r["platform"]) for r in own)
+    tasted = SyntheticTraffic(adapters, users=60, items=200, seed=4, platform_tastes=1.0)
+    assert tasted.platform_prefs and tasted.prefs == SyntheticTraffic(adapters, users=60, items=200, seed=4).prefs
+    with pytest.raises(ValueError, match="probabilities"):
+        SyntheticTraffic(adapters, platform_tastes=1.5)
