@@ -66,6 +66,8 @@ def _config(args: argparse.Namespace, epochs: int, budget: float) -> Any:
 def serving_rates(registry: str, versions: list[str], sequences: list[list[Any]], seconds: float,
                   interests: int = 3) -> dict[str, Any]:
     """People/s of the worker's encode step serving ``versions[:1]`` and then all of ``versions``."""
+    import numpy as np
+
     from model.runtime import EncoderRuntime
     from schemas.settings import Settings
     from streams.updater import ProfileUpdater
@@ -75,20 +77,24 @@ def serving_rates(registry: str, versions: list[str], sequences: list[list[Any]]
     updater = ProfileUpdater(None, lambda: runtimes[0], None, settings)  # type: ignore[arg-type]
     batch = sequences[:256]
 
-    def rate(served: list[Any]) -> float:
-        for enc in served:  # warm-up
+    def once(served: list[Any]) -> float:
+        t0 = time.perf_counter()
+        for enc in served:
             updater._vectors(enc, batch)
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds or done == 0:
-            for enc in served:
-                updater._vectors(enc, batch)
-            done += len(batch)
-        return done / (time.perf_counter() - started)
+        return time.perf_counter() - t0
 
-    one = rate(runtimes[:1])
-    every = rate(runtimes)
-    return {"people_per_s_shared_only": round(one, 1), "people_per_s_all_versions": round(every, 1),
-            "versions": len(runtimes), "batch": len(batch)}
+    once(runtimes)  # warm-up
+    # Interleaved, median of each: on a shared machine load drifts, and measuring one setting after the
+    # other would put that drift into the ratio.
+    one: list[float] = []
+    every: list[float] = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or len(one) < 3:
+        one.append(once(runtimes[:1]))
+        every.append(once(runtimes))
+    return {"people_per_s_shared_only": round(len(batch) / float(np.median(one)), 1),
+            "people_per_s_all_versions": round(len(batch) / float(np.median(every)), 1),
+            "versions": len(runtimes), "batch": len(batch), "interests_max": interests, "rounds": len(one)}
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
