@@ -17,7 +17,10 @@ on that platform's held-out events (per person, the last event on P is the test 
 earlier event on any platform the input; the platform's catalogue is ranked, earlier items
 excluded), NDCG@10 of the platform version against the shared version it was fine-tuned from,
 with the popularity baseline of the same split, all in the same run and through the exported
-ONNX graphs a worker serves.
+ONNX graphs a worker serves.  A second same-run baseline isolates the platform from the extra
+training: the shared version fine-tuned for the same number of epochs on every platform's targets
+(``shared_more_epochs``); a platform version must beat both.  Training is bounded by epochs, not
+time (the budgets are generous), so a run on a busy machine trains the same models.
 
 Serving cost: the worker encodes every changed person once per served version (one runtime
 call per version per batch, ``ProfileUpdater._vectors``: vector plus interests); people/s at
@@ -105,11 +108,12 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
     names = list(report["platforms"])
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    width = 0.27
+    width = 0.2
     for k, (key, label) in enumerate((("popularity", "popularity"), ("shared", "shared vector"),
+                                       ("shared_more_epochs", "shared + same extra epochs"),
                                        ("platform", "platform vector"))):
         values = [report["platforms"][n][key]["ndcg@10"] for n in names]
-        ax.bar([i + (k - 1) * width for i in range(len(names))], values, width, label=label)
+        ax.bar([i + (k - 1.5) * width for i in range(len(names))], values, width, label=label)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("test NDCG@10 on the platform's held-out events")
     ax.set_title("Pre-train on every platform, fine-tune per platform (synthetic traffic)")
@@ -130,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--catalogue", type=float, default=0.5, help="platform_catalogue of the generator")
     parser.add_argument("--epochs", type=int, default=8, help="shared pre-training epochs")
     parser.add_argument("--platform-epochs", type=int, default=4, help="fine-tuning epochs per platform")
-    parser.add_argument("--time-budget-s", type=float, default=300.0, help="shared training budget")
-    parser.add_argument("--platform-budget-s", type=float, default=120.0, help="budget per platform")
+    parser.add_argument("--time-budget-s", type=float, default=1800.0, help="shared training budget")
+    parser.add_argument("--platform-budget-s", type=float, default=900.0, help="budget per fine-tune")
     parser.add_argument("--serve-seconds", type=float, default=3.0, help="timing per serving measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training")
     parser.add_argument("--seed", type=int, default=0)
@@ -164,6 +168,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "shared_train_seconds": round(shared_s, 1), "platforms": {}, "registry": registry}
     versions = [shared.version]
     keep = ("ndcg@10", "hr@10", "users")
+    t0 = time.perf_counter()
+    more = train(rows, registry, _config(args, args.platform_epochs, args.platform_budget_s),
+                 from_version=shared.version, time_unit="ms", force=True, promote=False)
+    report["shared_more_epochs"] = {"version": more.version, "seconds": round(time.perf_counter() - t0, 1)}
     for platform in measured:
         t0 = time.perf_counter()
         tuned = train(rows, registry, _config(args, args.platform_epochs, args.platform_budget_s),
@@ -172,20 +180,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         versions.append(tuned.version)
         ours = evaluate_version(people, registry, tuned.version, target="test", use_gpu="no", platform=platform)
         base = evaluate_version(people, registry, shared.version, target="test", use_gpu="no", platform=platform)
-        say(f"{platform}: platform {ours['ndcg@10']:.4f} vs shared {base['ndcg@10']:.4f} "
-            f"(popularity {base['popularity']['ndcg@10']:.4f}), {ours['items']} items, {seconds:.0f}s")
+        longer = evaluate_version(people, registry, more.version, target="test", use_gpu="no", platform=platform)
+        say(f"{platform}: platform {ours['ndcg@10']:.4f} vs shared {base['ndcg@10']:.4f}, shared + "
+            f"{args.platform_epochs} epochs {longer['ndcg@10']:.4f} (popularity {base['popularity']['ndcg@10']:.4f}), "
+            f"{ours['items']} items, {seconds:.0f}s")
         report["platforms"][platform] = {
             "version": tuned.version, "items": ours["items"], "fine_tune_seconds": round(seconds, 1),
             "platform": {k: ours[k] for k in keep}, "shared": {k: base[k] for k in keep},
-            "popularity": base["popularity"],
+            "shared_more_epochs": {k: longer[k] for k in keep}, "popularity": base["popularity"],
             "ratio_platform_vs_shared": ratio(ours["ndcg@10"], base["ndcg@10"]),
+            "ratio_platform_vs_shared_more_epochs": ratio(ours["ndcg@10"], longer["ndcg@10"]),
         }
     sequences = [seq[-50:] for seq in people.values() if seq][:256]
     serving = serving_rates(registry, versions, sequences, args.serve_seconds)
     serving["slowdown"] = ratio(serving["people_per_s_shared_only"], serving["people_per_s_all_versions"])
     report["serving"] = serving
     say(f"serving: {serving}")
-    targets = {f"{p}_platform_beats_shared": target(r["ratio_platform_vs_shared"], 1.0)
+    targets = {f"{p}_platform_beats_shared": target(min(r["ratio_platform_vs_shared"] or 0.0,
+                                                        r["ratio_platform_vs_shared_more_epochs"] or 0.0), 1.0)
                for p, r in report["platforms"].items()}
     # Serving P+1 versions should cost no more than P+1 times one (one runtime call per version, no
     # per-person overhead); 10 % slack for timing noise.
