@@ -209,3 +209,28 @@ def test_synthetic_platforms_have_their_own_catalogues_and_tastes() -> None:
     assert tasted.platform_prefs and tasted.prefs == SyntheticTraffic(adapters, users=60, items=200, seed=4).prefs
     with pytest.raises(ValueError, match="probabilities"):
         SyntheticTraffic(adapters, platform_tastes=1.5)
+
+
+def test_periodic_platform_round_reports_its_gate_and_missing_data(
+    shared: tuple[Path, str], events: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    import shutil
+
+    from interest.periodic import RoundOptions, run_platform_round
+    from model.trainer import train
+    from schemas.settings import Settings
+
+    root = tmp_path / "reg"
+    shutil.copytree(shared[0], root)
+    parent = shared[1]
+    good = train(events, root, tiny_config(epochs=3), from_version=parent, platform="tv", time_unit="ms")
+    settings = Settings.model_validate({"registry": str(root), "platforms_served": ["tv"]})
+    options = RoundOptions(min_people=5, epochs=1, extra={"lr": 0.0, "threads": 1, "batch_size": 16})
+    refused = run_platform_round(settings, options, events, "tv")  # learns nothing: worse than tv's promoted
+    assert refused["published"] is False and refused["reason"].startswith("quality gate:")
+    assert refused["parent"] == parent and refused["previous"] == good.version
+    assert Registry(root).promoted("tv") == good.version
+    few = run_platform_round(settings, RoundOptions(min_people=10_000), events, "tv")
+    assert few["published"] is False and few["reason"].startswith("not enough data")
+    none = run_platform_round(settings, options, events, "mini")
+    assert none["published"] is False and none["reason"].startswith("not enough data")
