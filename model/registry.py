@@ -106,14 +106,23 @@ class Registry:
 
     # -- reading ----------------------------------------------------------
     def versions(self) -> list[str]:
-        """Complete versions (those with a manifest), oldest first (names sort by time)."""
+        """Complete versions (those with a manifest), oldest first.
+
+        Names start with their second; two versions published within one
+        second (a fine-tune right after its parent) are ordered by the
+        manifest's ``created``, which carries microseconds.
+        """
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
-        )
+        names = [p.name for p in self.root.iterdir()
+                 if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
+        return sorted(names, key=lambda name: (name[:17], self._created(name), name))
+
+    def _created(self, version: str) -> str:
+        try:
+            return str(json.loads((self.root / version / MANIFEST).read_text(encoding="utf-8")).get("created", ""))
+        except (OSError, ValueError):
+            return ""
 
     def platform_of(self, version: str) -> str | None:
         """The platform of a version's manifest (None: shared; also for an unreadable manifest)."""
@@ -250,7 +259,7 @@ class Registry:
             full.update(
                 version=version,
                 parent=parent,
-                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                created=datetime.now(UTC).isoformat(timespec="microseconds"),
                 sha256=sums["model.onnx"],
                 files=sums,
             )

@@ -223,3 +223,17 @@ def test_readers_never_see_a_partial_pointer(registry_copy: RegistryCopy) -> Non
     thread.join()
     assert not errors
     assert seen <= {v1, v2}
+
+
+def test_versions_published_within_one_second_keep_their_order(
+    registry_copy: RegistryCopy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fine-tune published in the same second as its parent lists after it, whatever its hash."""
+    root, v1 = registry_copy()
+    reg = Registry(root)
+    names = iter(["v20990101T000000Z-ffffffff", "v20990101T000000Z-00000000"])
+    monkeypatch.setattr(Registry, "_new_version_name", lambda self, sha: next(names))
+    first = _republish(reg, v1)
+    second = _republish(reg, v1)
+    assert second < first, "the names alone would list them the wrong way round"
+    assert reg.versions()[-2:] == [first, second]
