@@ -88,12 +88,11 @@ def profile(
 ) -> None:
     """Show a person's interest profile."""
     settings = settings_or_exit()
-    ver = None if all_versions else _version(settings, version, platform)
 
-    async def run(store: Any) -> list[Any]:
-        if ver is None:
+    async def run(store: Any) -> list[Any]:  # the store first: without one, that is the mistake to report
+        if all_versions:
             return list(await store.get_profiles(person))
-        row = await store.get_profile(person, ver)
+        row = await store.get_profile(person, _version(settings, version, platform))
         return [row] if row else []
 
     rows = asyncio.run(_with_store(settings, run))
