@@ -43,6 +43,7 @@ from schemas.sequence import Interest, SeqEvent
 
 DEFAULT_MAX_INTERESTS = 3
 T = TypeVar("T", bound=Hashable)
+_BUCKET_BASE = 4.0  # people are clustered in groups of lengths (base^(n-1), base^n]: 1, 2-4, 5-16, 17-64
 
 
 class Encodes(Protocol):  # the slice of an encoder this module needs; ``item_vectors``/``spec`` are optional
@@ -88,7 +89,7 @@ def person_interests(
     # Cluster people of similar length together (as the encoder buckets them): a batch of mostly short
     # sequences with one long one would otherwise pay the long one's width for everybody.
     out: list[tuple[Interest, ...]] = [() for _ in range(count)]
-    bucket = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    bucket = np.ceil(np.log(np.maximum(lengths, 1)) / np.log(_BUCKET_BASE) - 1e-9).astype(np.int64)
     for b in np.unique(bucket[lengths > 0]):
         group = np.flatnonzero((bucket == b) & (lengths > 0))
         wide = int(lengths[group].max())
