@@ -200,7 +200,14 @@ def test_trainer_round_publishes_a_warm_started_version_that_workers_adopt(
     with WorkerProcess(settings, tmp_path) as worker:
         produce_events(settings, events)
         oracle = expected_profiles(events)
-        wait_applied(settings, sum(e.count for e in oracle.values()), "events applied")
+        total = sum(e.count for e in oracle.values())
+
+        def seen() -> float:  # applied, or older than a full window when it arrived (heavy people, any order)
+            text = worker.get("/metrics")[1] or ""
+            return metric_value(text, "interest_events_applied_total") + metric_value(
+                text, "interest_events_too_late_total")
+
+        wait_until(lambda: seen() >= total, 90, interval=0.5, what="every event seen by the update stage")
         skipped = run_cli(settings, "trainer", "--once", "--min-people", "1000", "--registry", str(registry.root))
         assert skipped["published"] is False and skipped["reason"].startswith("not enough data")
         summary = run_cli(settings, "trainer", "--once", "--epochs", "1", "--min-people", "10", "--force",
