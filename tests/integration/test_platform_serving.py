@@ -182,7 +182,14 @@ def test_trainer_refreshes_the_shared_model_then_each_platform(
     with WorkerProcess(settings, tmp_path) as worker:
         produce_events(settings, events)
         oracle = expected_profiles(events)
-        wait_until(lambda: applied(settings) >= sum(e.count for e in oracle.values()), 90, what="events applied")
+        total = sum(e.count for e in oracle.values())
+
+        def seen() -> float:  # applied, or older than a full window when it arrived (heavy people, any order)
+            text = worker.get("/metrics")[1] or ""
+            return metric_value(text, "interest_events_applied_total") + metric_value(
+                text, "interest_events_too_late_total")
+
+        wait_until(lambda: seen() >= total, 90, interval=0.5, what="every event seen by the update stage")
         summary = run_cli(settings, "trainer", "--once", "--epochs", "1", "--min-people", "3", "--force",
                           "--registry", str(reg.root))
         tv = summary["platforms"]["tv"]
