@@ -128,6 +128,16 @@ async def _scan(settings: Settings, version: str) -> dict[str, Any]:
         return {"states": {s.person_id: s for s in states}, "profiles": profiles}
 
 
+def events_seen(worker: Any) -> float:
+    """Events the worker's update stage has taken in: applied, or too late for a person's full window.
+
+    What to wait for before using the store when heavy people's topics may arrive out of order: a
+    too-late event is counted but not added to ``event_count``.
+    """
+    text = worker.get("/metrics")[1] or ""
+    return metric_value(text, "interest_events_applied_total") + metric_value(text, "interest_events_too_late_total")
+
+
 def scan(settings: Settings, version: str) -> dict[str, Any]:
     """Every stored sequence state and its ``version`` profile row: ``{"states": ..., "profiles": ...}``."""
     import asyncio

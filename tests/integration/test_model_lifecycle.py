@@ -20,7 +20,7 @@ from interest.synthetic import RawEvent, SyntheticTraffic
 from model.registry import MANIFEST, Registry
 from schemas.adapters import load_adapters
 from streams.model_watch import announce
-from testkit.helpers import WorkerProcess, metric_value, run_cli, scan, wait_until
+from testkit.helpers import WorkerProcess, events_seen, metric_value, run_cli, scan, wait_until
 from testkit.models import train_tiny_model
 from testkit.oracle import Expected, expected_profiles
 
@@ -202,12 +202,7 @@ def test_trainer_round_publishes_a_warm_started_version_that_workers_adopt(
         oracle = expected_profiles(events)
         total = sum(e.count for e in oracle.values())
 
-        def seen() -> float:  # applied, or older than a full window when it arrived (heavy people, any order)
-            text = worker.get("/metrics")[1] or ""
-            return metric_value(text, "interest_events_applied_total") + metric_value(
-                text, "interest_events_too_late_total")
-
-        wait_until(lambda: seen() >= total, 90, interval=0.5, what="every event seen by the update stage")
+        wait_until(lambda: events_seen(worker) >= total, 90, interval=0.5, what="every event seen by the update stage")
         skipped = run_cli(settings, "trainer", "--once", "--min-people", "1000", "--registry", str(registry.root))
         assert skipped["published"] is False and skipped["reason"].startswith("not enough data")
         summary = run_cli(settings, "trainer", "--once", "--epochs", "1", "--min-people", "10", "--force",

@@ -24,7 +24,7 @@ from model.registry import Registry
 from model.runtime import EncoderRuntime
 from schemas.adapters import load_adapters
 from streams.model_watch import announce
-from testkit.helpers import WorkerProcess, metric_value, run_cli, scan, settings_env, wait_until
+from testkit.helpers import WorkerProcess, events_seen, metric_value, run_cli, scan, settings_env, wait_until
 from testkit.models import tiny_rows, train_tiny_platform_model
 from testkit.oracle import expected_profiles
 
@@ -184,12 +184,7 @@ def test_trainer_refreshes_the_shared_model_then_each_platform(
         oracle = expected_profiles(events)
         total = sum(e.count for e in oracle.values())
 
-        def seen() -> float:  # applied, or older than a full window when it arrived (heavy people, any order)
-            text = worker.get("/metrics")[1] or ""
-            return metric_value(text, "interest_events_applied_total") + metric_value(
-                text, "interest_events_too_late_total")
-
-        wait_until(lambda: seen() >= total, 90, interval=0.5, what="every event seen by the update stage")
+        wait_until(lambda: events_seen(worker) >= total, 90, interval=0.5, what="every event seen by the update stage")
         summary = run_cli(settings, "trainer", "--once", "--epochs", "1", "--min-people", "3", "--force",
                           "--registry", str(reg.root))
         tv = summary["platforms"]["tv"]
