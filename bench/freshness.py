@@ -46,7 +46,9 @@ from bench.common import (
     say,
     target,
 )
+from bench.hops import assigned, between, scrape
 from bench.runs import Proc
+from interest.embedded import free_port
 from schemas.settings import Settings
 
 TARGET_RATE, TARGET_P99_MS = 2000, 500.0
@@ -192,18 +194,25 @@ def percentiles(values: list[float], unreadable: int) -> dict[str, float | None]
 
 
 def run_rate(settings: Settings, tracker: Tracker, traffic: Any, rate: float, seconds: float, drain_s: float,
-             probe: bool = False, phase: str | None = None, pause_s: float = 1.0) -> dict[str, Any]:
+             probe: bool = False, phase: str | None = None, pause_s: float = 1.0,
+             ports: list[int] | None = None) -> dict[str, Any]:
     phase = phase or f"{rate:g}"
     say(f"rate {rate:g} events/s for {seconds:g}s{' (probe)' if probe else ''}")
+    before = scrape(ports or [settings.web_port])
     sent = produce_at(settings, tracker, traffic, rate, seconds, phase)
+    produced_by = time.monotonic()
     drained = tracker.wait_drained(phase, drain_s)
+    drain = time.monotonic() - produced_by
+    hops = between(before, scrape(ports or [settings.web_port]))
     with tracker.lock:
         values, unreadable = list(tracker.latencies[phase]), max(tracker.outstanding[phase], 0)
         superseded = tracker.superseded[phase]
     result = {"rate": rate, "probe": probe, **sent, "readable": len(values), "superseded": superseded,
-              "unreadable": unreadable, "drained": drained, **percentiles(values, unreadable)}
+              "unreadable": unreadable, "drained": drained,
+              "drain_s": round(drain, 2) if drained else None, **percentiles(values, unreadable), "hops": hops}
     say(f"rate {rate:g}: achieved {sent['achieved_rate']}/s, p50 {result['p50_ms']} p95 {result['p95_ms']} "
-        f"p99 {result['p99_ms']} ms")
+        f"p99 {result['p99_ms']} ms; worker p99 <= to ingest {hops['to_ingest']['p99_le_ms']}, to update "
+        f"{hops['to_update']['p99_le_ms']}, to written {hops['to_written']['p99_le_ms']} ms")
     time.sleep(pause_s)  # let the worker's last batch and commit settle before the next rate
     return result
 
@@ -256,7 +265,8 @@ def _plot(report: dict[str, Any], latencies: dict[str, list[float]], path: Path)
     ax.set_xscale("log")
     ax.set_xlabel("event produced -> profile readable (ms)")
     ax.set_ylabel("share of events")
-    ax.set_title(f"freshness, one worker, {report['machine']['cores']} cores, SQLite")
+    workers = len(report.get("person_partitions_by_worker", [])) or 1
+    ax.set_title(f"freshness, {workers} worker{'s' if workers > 1 else ''}, {report['machine']['cores']} cores, SQLite")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -276,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out-dir", default=str(BENCH_DIR))
     parser.add_argument("--registry", default=None, help="bench model registry (default OUT_DIR/registry)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the group and the store")
+    parser.add_argument("--no-recovery", action="store_true",
+                        help="skip the run at the target rate right after the fastest rate (drain and recovery)")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -299,27 +312,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   **(QUICK_SETTINGS if args.quick else {}))
         report["settings"] = knobs(settings)
         ensure_topics(settings, worker_topics(settings))
-        proc = Proc.worker(settings, directory / "worker.log")
+        procs = [Proc.worker(settings.model_copy(update={"web_port": settings.web_port if i == 0 else free_port(),
+                                                        "data_dir": f"{settings.data_dir}/w{i}"}),
+                             directory / f"worker-{i}.log") for i in range(args.workers)]
+        ports = [p.settings.web_port for p in procs]
         tracker = Tracker(settings.sqlite_path(), args.poll_ms / 1000)
         try:
-            _wait_ready(proc, settings.web_port)
+            for proc in procs:
+                _wait_ready(proc, proc.settings.web_port)
             tracker.thread.start()
             say("warm-up")
-            warm = run_rate(settings, tracker, traffic, 200, 1.0 if args.quick else 2.0, 60.0, phase="warm-up")
+            warm = run_rate(settings, tracker, traffic, 200, 1.0 if args.quick else 2.0, 60.0, phase="warm-up",
+                            ports=ports)
             if not warm["drained"]:
-                raise RuntimeError("warm-up events never became readable; see worker.log")
+                raise RuntimeError("warm-up events never became readable; see worker-*.log")
 
-            def run(rate: float, probe: bool = False) -> dict[str, Any]:
-                proc.check()
-                return run_rate(settings, tracker, traffic, rate, args.seconds, args.drain_s, probe,
-                                pause_s=0.2 if args.quick else 1.0)
+            def run(rate: float, probe: bool = False, phase: str | None = None) -> dict[str, Any]:
+                for proc in procs:
+                    proc.check()
+                return run_rate(settings, tracker, traffic, rate, args.seconds, args.drain_s, probe, phase=phase,
+                                pause_s=0.2 if args.quick else 1.0, ports=ports)
 
             results = [run(rate) for rate in rates]
+            if not args.no_recovery and max(rates, default=0) > TARGET_RATE:
+                # Right after the fastest (overload) rate has drained: is the worker back under the goal?
+                report["after_overload"] = {"overload_rate": max(rates),
+                                            "overload_drain_s": results[rates.index(max(rates))]["drain_s"],
+                                            **run(TARGET_RATE, phase="after-overload")}
             probe_rates(lambda rate: run(rate, True), results, args.probe_steps, args.hold_p99_ms)
-            report["worker_peak_rss_mb"] = round(proc.rss_mb()[1], 1)
+            time.sleep(5.5)  # one more lag-gauge tick: its series name each worker's partitions now
+            report["person_partitions"] = settings.person_partitions
+            report["person_partitions_by_worker"] = [assigned(port, settings.person_topic) for port in ports]
+            report["worker_peak_rss_mb"] = [round(proc.rss_mb()[1], 1) for proc in procs]
         finally:
             tracker.stop.set()
-            proc.stop()
+            for proc in procs:
+                proc.stop()
     report["rates"] = sorted(results, key=lambda r: r["rate"])
     best = max((r for r in results if held(r, args.hold_p99_ms)), key=lambda r: r["rate"], default=None)
     report["max_rate_held"] = None if best is None else {k: best[k] for k in ("rate", "achieved_rate", "p50_ms",
@@ -327,6 +355,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     at_target = next((r for r in results if r["rate"] == TARGET_RATE), None)
     report["targets"] = {"p99_ms_at_2000_per_s": target(at_target["p99_ms"] if at_target else None, TARGET_P99_MS,
                                                         higher_is_better=False)}
+    if "after_overload" in report:
+        report["targets"]["p99_ms_at_2000_per_s_after_overload"] = target(
+            report["after_overload"]["p99_ms"], TARGET_P99_MS, higher_is_better=False)
     report["all_targets_met"] = all(t["met"] for t in report["targets"].values())
     path = plot_path(directory, "freshness")
     _plot(report, tracker.latencies, path)

@@ -26,6 +26,7 @@ class Proc:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
         env.update(settings.to_env())
         self.log = log
+        self.settings = settings
         handle = open(log, "ab")  # noqa: SIM115
         self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, *args], env=env, stdout=handle, stderr=subprocess.STDOUT,

@@ -211,6 +211,16 @@ def platform_split(people: Sequences, platform: str) -> Split:
     return Split(train, valid, test, between, platform)
 
 
+def refit_split(split: Split) -> Split:
+    """The training part grown by each person's validation target (and what lies between it and the test).
+
+    For a second training run once the epoch count is chosen: every event before the test target is
+    training data, the test target is still never seen, and there is nothing left to validate on.
+    """
+    train = {p: split.history(p, "test") if p in split.test else list(seq) for p, seq in split.train.items()}
+    return Split(train, {}, dict(split.test), {}, split.platform)
+
+
 def split_for(people: Sequences, platform: str | None = None) -> Split:
     """The evaluation split of the shared model (``None``) or of one platform."""
     return leave_two_out(people) if platform is None else platform_split(people, platform)

@@ -35,6 +35,7 @@ class Trained:
     best_valid: dict[str, float]
     seconds: float
     stopped: str
+    refit_epochs: int = 0  # > 0: trained again for this many epochs with the validation targets (see TrainConfig)
 
 
 def person_vectors(

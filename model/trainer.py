@@ -28,110 +28,23 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from model.data import Sequences, Split
+from model.configs import DEFAULT_ACTION_WEIGHTS, NAMED_CONFIGS, TrainConfig, named_config
+from model.data import Sequences, Split, refit_split
 from model.encoder import EncoderConfig, InterestEncoder
 from model.evaluate import EvalSet, build_eval_set, catalogue_of, vector_metrics
 from model.features import FeatureSpec, hash_items
 from model.objective import Ema, TrainWindows, cooccurrence_vectors, drop_items, init_item_tables
 from model.objective import loss as loss_fn
 from model.trained import EpochLog, Trained, item_vectors, person_vectors
-from schemas.events import ACTION_WEIGHTS
 
-DEFAULT_ACTION_WEIGHTS = ACTION_WEIGHTS  # one table: the weight the adapters give each action
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters and run options.  The defaults are tuned on MovieLens-100K.
-
-    What mattered there (validation-selected, see ``bench/quality.py``): a
-    short context (``max_len`` 25: long contexts let the model memorise each
-    person's exact history and generalise worse), every training event used
-    as a target (``all_windows`` with ``random_offsets``), the item after next
-    as a second, half-weight target (``future=2``), an item bias coordinate
-    (``item_bias``: popularity), item tables initialised from the training
-    sequences' co-occurrence (``pretrain_items``), weight averaging (``ema``),
-    hiding 10% of input items (``item_dropout``) and choosing the epoch on
-    validation averaged with its neighbours (``smooth_selection``).  ``time_budget_s`` bounds a
-    run so it always fits a 10-minute slot on a 2-core machine.
-    """
-
-    epochs: int = 60
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    max_len: int = 25
-    dim: int = 64
-    width: int = 64
-    layers: int = 2
-    heads: int = 2
-    ffn_mult: int = 2
-    dropout: float = 0.2
-    block: str = "bert"  # "bert" (post-LN BertLayer), "gpt2" (pre-LN GPT2Block) or "ligr" (gated, SwiGLU)
-    item_bias: bool = True
-    init_scale: float = 10.0
-    hash_buckets: int = 1 << 14
-    negatives: int = -1  # -1: full softmax when the catalogue is small, else 4096 sampled
-    full_softmax_max_items: int = 50_000
-    action_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
-    future: int = 2  # also predict the k-1 items after the next one, weights decaying by future_decay
-    future_decay: float = 0.5
-    shuffle_window_s: float | None = 0.0  # None: keep recorded order; 0: shuffle exact-timestamp ties
-    all_windows: bool = True
-    random_offsets: bool = True
-    item_dropout: float = 0.1
-    ema: float = 0.98
-    patience: int = 20
-    smooth_selection: bool = True
-    pretrain_items: bool = True  # start item tables from training co-occurrence (<= pretrain_max_items)
-    pretrain_max_items: int = 5000  # larger catalogues start from noise (the dense matrix is items^2)
-    time_budget_s: float | None = 540.0
-    threads: int | None = None
-    eval_every: int = 1
-    progress: bool = True
-
-
-# Named configurations: overrides of the defaults (which are tuned on MovieLens-100K) for other data.
-# "beauty" was chosen on the Amazon-Beauty VALIDATION target only (train_model, which reads no test
-# target; best smoothed valid NDCG@10, one torch thread; log in README "How --config beauty was
-# chosen"): the defaults 0.0576; max_len 50, dropout 0.5, 65 536 buckets, patience 8: 0.0590; then
-# starting the item tables from the training co-occurrence (pretrain_max_items 20 000: Beauty's
-# 12 101 items were above the 5 000 default, so they started from noise): 0.0652 at epoch 11 instead
-# of 36; EMA 0.995 (a flatter plateau): 0.0653 at epoch 12, 783 s.  Tried and not kept: the gated
-# SwiGLU block (block "ligr") 0.0651, item_dropout 0.3 0.0647.  Why each change: max_len 50 (the
-# published protocol's length), dropout 0.5 (sparse data: 9 events a person), 65 536 hash buckets
-# (16 384 left two items sharing both buckets, half of all items sharing one per table), patience 5
-# and a 20-minute budget (the curve peaks near epoch 12 and then slowly overfits).
-NAMED_CONFIGS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "movielens": {},
-    "beauty": {
-        "max_len": 50,
-        "dropout": 0.5,
-        "hash_buckets": 1 << 16,
-        "pretrain_max_items": 20_000,
-        "ema": 0.995,
-        "patience": 5,
-        "time_budget_s": 1200.0,
-    },
-}
-
-
-def named_config(name: str, **overrides: Any) -> TrainConfig:
-    """``TrainConfig`` of a named configuration, then ``overrides`` (None values ignored)."""
-    if name not in NAMED_CONFIGS:
-        raise ValueError(f"unknown config {name!r}: choose one of {', '.join(sorted(NAMED_CONFIGS))}")
-    given = {**NAMED_CONFIGS[name], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(**given)
-
+__all__ = ["DEFAULT_ACTION_WEIGHTS", "NAMED_CONFIGS", "TrainConfig", "named_config", "train", "train_model"]
 
 def setup_determinism(seed: int, threads: int | None) -> None:
     """Seed every RNG and pin the thread count so a CPU run repeats bit for bit."""
@@ -200,7 +113,32 @@ def train_model(
 
     With ``platform`` (and ``split`` a :func:`model.data.platform_split`) only that platform's
     events are targets, ranked against its own catalogue; every event stays an input.
+
+    With ``cfg.refit`` that run only chooses the epoch count: a second run from the same start
+    trains that many epochs on :func:`model.data.refit_split` (validation targets included, test
+    targets still held out) and its last epoch is returned, with the first run's history and
+    validation numbers (the refit model has seen the validation targets, so its own say nothing).
     """
+    chosen = _train_selected(people, split, cfg, init, log, platform)
+    if not cfg.refit or not split.valid or chosen.best_epoch < 1:
+        return chosen
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"refit: {chosen.best_epoch} epochs again with the validation targets as training targets")
+    again = replace(cfg, refit=False, epochs=chosen.best_epoch, patience=chosen.best_epoch + 1, time_budget_s=None)
+    refit = _train_selected(people, refit_split(split), again, init, log, platform)
+    return Trained(refit.model, refit.spec, refit.enc_cfg, chosen.history, chosen.best_epoch, chosen.best_valid,
+                   chosen.seconds + refit.seconds, chosen.stopped, refit_epochs=len(refit.history))
+
+
+def _train_selected(
+    people: Sequences,
+    split: Split,
+    cfg: TrainConfig,
+    init: tuple[FeatureSpec, EncoderConfig, dict[str, torch.Tensor]] | None,
+    log: Callable[[str], None] | None,
+    platform: str | None,
+) -> Trained:
+    """One training run, restored to its best (smoothed) validation epoch; the last epoch without validation."""
     started = time.perf_counter()
     setup_determinism(cfg.seed, cfg.threads)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -294,7 +232,9 @@ def train_model(
         if epoch - select.best_epoch >= cfg.patience:
             stopped = "patience"
             break
-        if cfg.time_budget_s is not None and elapsed + seconds * 1.5 > cfg.time_budget_s:
+        # With refit the budget also holds the second run: best-epoch-many epochs ~15 % longer each.
+        refit_s = select.best_epoch * (elapsed / epoch) * 1.15 if cfg.refit else 0.0
+        if cfg.time_budget_s is not None and elapsed + seconds * 1.5 + refit_s > cfg.time_budget_s:
             stopped = "time budget"
             break
     select.finish()

@@ -6,6 +6,9 @@ DLQ rate by reason, store-unavailable retries, refused model versions.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 EVENTS_IN = Counter("interest_events_in_total", "Raw events accepted", ["platform", "action"])
@@ -35,7 +38,13 @@ FRESHNESS = Histogram(
 )
 PRODUCED_TO_WRITTEN = Histogram(
     "interest_produced_to_written_seconds", "Event reached Kafka (record timestamp) to profile written",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 2, 5, 10, 30, 60),
+)
+# Where an event's freshness goes: produced (the Kafka record timestamp the producer stamps) to each stage
+# taking it in; with PRODUCED_TO_WRITTEN this splits the latency into the two hops and the update itself.
+STAGE_ARRIVAL = Histogram(
+    "interest_stage_arrival_seconds", "Event produced (record timestamp) to a stage taking it in", ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 2, 5, 10, 30, 60),
 )
 STORE_RETRIES = Counter("interest_store_unavailable_total", "Batches retried because the store was down")
 BATCH_FAILURES = Counter("interest_batch_failures_total", "Batches that failed with a non-transient error")
@@ -50,3 +59,12 @@ MODEL_LOAD_SECONDS = Histogram(
     "interest_model_load_seconds", "Verify + load + warm-up of a new model version",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
+
+
+def observe_arrivals(stage: str, produced_ms: Iterable[int | None]) -> None:
+    """One ``STAGE_ARRIVAL`` sample per event that carries its produce time (one clock read per batch)."""
+    now_ms = time.time() * 1000
+    child = STAGE_ARRIVAL.labels(stage)
+    for ms in produced_ms:
+        if ms:
+            child.observe(max(0.0, now_ms - ms) / 1000)

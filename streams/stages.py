@@ -322,6 +322,7 @@ class IngestStage:
         return outbox
 
     async def run(self, batch: Sequence[RawMessage]) -> None:
+        metrics.observe_arrivals("ingest", (msg.produced_ms for msg in batch))
         for msg in batch:
             self.stats.positions[(msg.source.topic, msg.source.partition)] = msg.source.offset
         outbox = self.decode(batch)
@@ -371,6 +372,7 @@ class UpdateStage:
                 outbox.add_dead(DeadLetter.of(msg.value, msg.source, f"bad person-topic envelope: {exc}",
                                               "bad_envelope"))
         await self._dead_letters(outbox)
+        metrics.observe_arrivals("update", (getattr(rec, "produced_ms", None) for rec in records))
         last = batch[-1].source if batch else None
         report = await self._update_with_retries(records, last)
         if report is not None:

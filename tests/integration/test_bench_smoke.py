@@ -70,12 +70,20 @@ def test_throughput(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture
 def test_freshness(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.freshness import main
 
-    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path), "--registry", registry], capsys)
+    report = run_bench(main, ["--quick", "--workers", "2", "--out-dir", str(tmp_path), "--registry", registry],
+                       capsys)
     assert [r["rate"] for r in report["rates"]] == [200.0, 500.0]
     for run in report["rates"]:
         assert run["events"] > 0 and run["achieved_rate"] > 0
         assert run["readable"] + run["unreadable"] == run["events"]
         assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"] <= run["max_ms"]
+        # Both workers' histograms together saw every produced event arrive at each stage.
+        assert run["hops"]["to_ingest"]["samples"] == run["hops"]["to_update"]["samples"] == run["events"]
+        assert run["hops"]["to_ingest"]["p50_le_ms"] <= run["hops"]["to_update"]["p50_le_ms"]
+    # The two workers split the person partitions between them: each owns some, none owns one twice.
+    spread = report["person_partitions_by_worker"]
+    assert len(spread) == 2 and all(spread)
+    assert sorted(p for parts in spread for p in parts) == list(range(report["person_partitions"]))
     assert "p99_ms_at_2000_per_s" in report["targets"]
 
 
