@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", default=str(BENCH_DIR))
     parser.add_argument("--registry", default=None, help="bench model registry (default OUT_DIR/registry)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the group and the store")
+    parser.add_argument("--split", action="store_true", help="run each worker as `interest worker --split`")
     parser.add_argument("--no-recovery", action="store_true",
                         help="skip the run at the target rate right after the fastest rate (drain and recovery)")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
@@ -310,16 +311,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with embedded_broker(directory) as broker:
         settings = bench_settings(broker.url, directory, f"f{int(time.time())}", registry,
                                   **(QUICK_SETTINGS if args.quick else {}))
-        report["settings"] = knobs(settings)
+        report["settings"] = knobs(settings) | {"workers": args.workers, "split": args.split}
         ensure_topics(settings, worker_topics(settings))
         procs = [Proc.worker(settings.model_copy(update={"web_port": settings.web_port if i == 0 else free_port(),
                                                         "data_dir": f"{settings.data_dir}/w{i}"}),
-                             directory / f"worker-{i}.log") for i in range(args.workers)]
-        ports = [p.settings.web_port for p in procs]
+                             directory / f"worker-{i}.log", split=args.split) for i in range(args.workers)]
+        ports = [port for p in procs for port in p.ports()]
         tracker = Tracker(settings.sqlite_path(), args.poll_ms / 1000)
         try:
             for proc in procs:
-                _wait_ready(proc, proc.settings.web_port)
+                for port in proc.ports():
+                    _wait_ready(proc, port)
             tracker.thread.start()
             say("warm-up")
             warm = run_rate(settings, tracker, traffic, 200, 1.0 if args.quick else 2.0, 60.0, phase="warm-up",
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             probe_rates(lambda rate: run(rate, True), results, args.probe_steps, args.hold_p99_ms)
             time.sleep(5.5)  # one more lag-gauge tick: its series name each worker's partitions now
             report["person_partitions"] = settings.person_partitions
-            report["person_partitions_by_worker"] = [assigned(port, settings.person_topic) for port in ports]
+            report["person_partitions_by_worker"] = [assigned(p.ports()[0], settings.person_topic) for p in procs]
             report["worker_peak_rss_mb"] = [round(proc.rss_mb()[1], 1) for proc in procs]
         finally:
             tracker.stop.set()

@@ -7,6 +7,7 @@ and it has to be measured from outside the worker, against end offsets this proc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,9 +35,14 @@ class Proc:
         handle.close()
 
     @classmethod
-    def worker(cls, settings: Settings, log: Path) -> Proc:
-        """The real ``interest worker`` (same entry point as the console script)."""
-        return cls(["-m", "interest.cli", "worker"], settings, log)
+    def worker(cls, settings: Settings, log: Path, split: bool = False) -> Proc:
+        """The real ``interest worker`` (same entry point as the console script); ``split``: ``--split``."""
+        return cls(["-m", "interest.cli", "worker", *(["--split"] if split else [])], settings, log)
+
+    def ports(self) -> list[int]:
+        """The web ports it serves /metrics on: one, or two with ``--split`` (ingest on the next port)."""
+        split = "--split" in self.proc.args  # type: ignore[operator]
+        return [self.settings.web_port, self.settings.web_port + 1] if split else [self.settings.web_port]
 
     def rss_mb(self) -> tuple[float, float]:
         """(current RSS, peak RSS) in MB from /proc; (0, 0) once the process is gone."""
@@ -60,7 +66,8 @@ class Proc:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: children (--split) too
                 self.proc.wait()
 
 

@@ -89,7 +89,7 @@ def check_store(settings: object) -> None:
     from streams.stores.factory import opened_store
 
     assert isinstance(settings, Settings)
-    if not settings.store_url.startswith("cassandra:"):
+    if not settings.store_url.startswith("cassandra:") or settings.worker_stages == "ingest":
         return
 
     async def probe() -> None:
@@ -114,9 +114,15 @@ def register(app: typer.Typer) -> None:
         store: Annotated[str | None, typer.Option(help="Store URL (INTEREST_STORE_URL)")] = None,
         registry: Annotated[str | None, typer.Option(help="Model registry (INTEREST_REGISTRY)")] = None,
         web_port: Annotated[int | None, typer.Option(help="Web port for /metrics /health /ready")] = None,
+        split: Annotated[bool, typer.Option(
+            "--split", help="One process per stage (ingest on WEB_PORT+1), each with its own event loop")] = False,
     ) -> None:
         """Run the stream worker: raw topics -> person topic -> vectors -> store."""
         settings = settings_or_exit(broker_url=broker, store_url=store, registry=registry, web_port=web_port)
+        if split:
+            from interest.split_worker import run_split
+
+            raise typer.Exit(run_split(settings))
         run_worker(settings)
 
     register_demo(app)

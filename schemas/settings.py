@@ -114,6 +114,11 @@ class Settings(BaseSettings):
 
     # -- Worker ----------------------------------------------------------
     app_id: str = "interest-worker"
+    worker_stages: Literal["all", "ingest", "update"] = Field(
+        "all",
+        description="Stages this process runs: both on one event loop, or one of them (`interest worker --split` "
+        "runs one process each; the ingest process's consumer group is APP_ID-ingest)",
+    )
     data_dir: str = "data"
     web_port: int = Field(6066, ge=0, le=65535)
     web_host: str = "0.0.0.0"

@@ -1,5 +1,9 @@
 """The Faust application: two agents and the worker's web endpoints.
 
+``INTEREST_WORKER_STAGES`` (``all`` by default) picks the agents: ``ingest`` or
+``update`` alone gives a process one stage and one event loop to itself
+(``interest worker --split`` runs both that way; see ``faust_tuning.group_id``).
+
 ``ingest`` consumes every ``events.<platform>.<action>`` topic and
 ``identity.links`` with ``IngestStage.consume``: raw bytes -> records re-keyed
 by person onto the person topic, bad input -> DLQ.
@@ -58,6 +62,9 @@ class Worker:
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
+        if self.settings.worker_stages == "ingest":  # no store and no model: raw bytes -> person topic only
+            self.ready.set()
+            return
         await self.models.load()
         if self.settings.store_url.startswith("sqlite:"):
             # The embedded store needs no set-up step; Cassandra needs `interest store init`.
@@ -70,7 +77,7 @@ class Worker:
     def not_ready_reason(self) -> str | None:
         if not self.ready.is_set():
             return "starting: store or model not open yet"
-        if self.model.current() is None and self.model.expected():
+        if self.settings.worker_stages != "ingest" and self.model.current() is None and self.model.expected():
             return "a model version is promoted but none is loaded"
         if self.stats.holding is not None:
             return f"holding the person partitions: {self.stats.holding}"
@@ -102,21 +109,25 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     async def start_context() -> None:
         await retry_forever("store open", ctx.backoff, ctx.start)
 
-    @app.task
-    async def model_watch() -> None:
-        await ctx.ready.wait()
-        if settings.model_version is None or ctx.models.platforms:  # a pinned (shared) version never swaps
-            await watch_models(settings, ctx.models.refresh, lambda: bool(app.should_stop))
+    if settings.worker_stages != "update":
 
-    @app.agent(raw_topic, name="ingest")
-    async def ingest(stream: Any) -> None:
-        await ctx.ready.wait()
-        await ctx.ingest.consume(stream)
+        @app.agent(raw_topic, name="ingest")
+        async def ingest(stream: Any) -> None:
+            await ctx.ready.wait()
+            await ctx.ingest.consume(stream)
 
-    @app.agent(person_topic, name="update")
-    async def update(stream: Any) -> None:
-        await ctx.ready.wait()
-        await ctx.update.consume(stream, app)
+    if settings.worker_stages != "ingest":
+
+        @app.task
+        async def model_watch() -> None:
+            await ctx.ready.wait()
+            if settings.model_version is None or ctx.models.platforms:  # a pinned (shared) version never swaps
+                await watch_models(settings, ctx.models.refresh, lambda: bool(app.should_stop))
+
+        @app.agent(person_topic, name="update")
+        async def update(stream: Any) -> None:
+            await ctx.ready.wait()
+            await ctx.update.consume(stream, app)
 
     @app.timer(interval=5.0)
     async def lag_gauge() -> None:

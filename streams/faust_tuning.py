@@ -50,6 +50,15 @@ class LeanApp(faust.App):
         return services
 
 
+def group_id(settings: Settings) -> str:
+    """The Faust app id, which is the consumer group: an ingest-only process has a group of its own.
+
+    Why: Faust's assignor hands every subscribed topic's partitions to all members alike, so a
+    process without the ingest agent must never share a group with the raw topics' consumers.
+    """
+    return f"{settings.app_id}-ingest" if settings.worker_stages == "ingest" else settings.app_id
+
+
 def lean_app(settings: Settings, **overrides: Any) -> faust.App:
     """The Faust app every process of ours builds (worker, pass-through bench), tuned as above.
 
@@ -73,11 +82,11 @@ def lean_app(settings: Settings, **overrides: Any) -> faust.App:
         "producer_linger": 0.005,
         "stream_buffer_maxsize": max(4096, settings.batch_size * 2),
         "web_enabled": False,
-        "datadir": f"{settings.data_dir}/faust-{settings.app_id}",
+        "datadir": f"{settings.data_dir}/faust-{group_id(settings)}",
         "table_standby_replicas": 0,
     }
     options.update(overrides)
     install()
-    app = LeanApp(settings.app_id, **options)
+    app = LeanApp(group_id(settings), **options)
     app.interest_fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms  # type: ignore[attr-defined]
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,7 +39,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 class WorkerProcess:
     """``python -m interest.cli worker`` with the given settings, logs to a file."""
 
-    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker", **env_extra: str) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker", *args: str, **env_extra: str) -> None:
+        self.args = args  # e.g. "--split"
         self.port = free_port()
         self.settings = settings.model_copy(update={"web_port": self.port})
         self.log_path = log_dir / f"{name}-{self.port}.log"
@@ -47,13 +49,13 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "interest.cli", "worker"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "interest.cli", "worker", *self.args], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
-    def get(self, path: str) -> tuple[int, Any]:
+    def get(self, path: str, port: int | None = None) -> tuple[int, Any]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}{path}", timeout=2) as resp:
                 body = resp.read()
                 return resp.status, (json.loads(body) if path != "/metrics" else body.decode())
         except urllib.error.HTTPError as exc:
@@ -81,7 +83,8 @@ class WorkerProcess:
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: a --split worker's children too
                 proc.wait()
         return proc.returncode
 

@@ -1,0 +1,78 @@
+"""``interest worker --split``: the two stages as two processes, each with an event loop of its own.
+
+Why: in one process the ingest stage, the update stage and Faust's per-message work share one
+event loop, and the update stage's encode and store threads hold the GIL against it (``bench.profile``:
+148 of 230 µs per event on the loop thread).  Split, the ingest process (raw topics -> person topic;
+no store, no model) and the update process (person topic -> store) run side by side on two cores.
+
+The parent only supervises: it forwards SIGTERM/SIGINT to both children and, when either child
+exits, stops the other and exits with the first one's status, so an orchestrator restarts the pair
+(a pod) as one.  Each child is an ordinary ``interest worker`` with ``INTEREST_WORKER_STAGES`` set;
+the update child keeps ``INTEREST_WEB_PORT``, the ingest child serves on the port after it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from schemas.settings import Settings
+
+STOP_GRACE_S = 30.0  # what the parent waits for a child after forwarding a stop, before SIGKILL
+
+
+def child_env(settings: Settings, stage: str) -> dict[str, str]:
+    """This process's environment with the settings pinned and the stage (and its web port) set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
+    env.update(settings.to_env())
+    env["INTEREST_WORKER_STAGES"] = stage
+    if stage == "ingest" and settings.web_port:
+        env["INTEREST_WEB_PORT"] = str(settings.web_port + 1)
+    return env
+
+
+def run_split(settings: Settings) -> int:
+    """Start the update and ingest children and supervise them; returns the exit status to use."""
+    if settings.worker_stages != "all":
+        print("error: --split runs both stages; unset INTEREST_WORKER_STAGES", file=sys.stderr)
+        return 2
+    children = {stage: subprocess.Popen([sys.executable, "-m", "interest.cli", "worker"],
+                                        env=child_env(settings, stage))
+                for stage in ("update", "ingest")}
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    first: int | None = None
+    while first is None:
+        for stage, child in children.items():
+            code = child.poll()
+            if code is not None:
+                first = code
+                if not stopping:
+                    print(f"interest worker --split: the {stage} process exited with {code}; stopping the other",
+                          file=sys.stderr)
+                break
+        else:
+            time.sleep(0.2)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return first if first >= 0 else 128 - first
