@@ -34,11 +34,49 @@ def child_env(settings: Settings, stage: str) -> dict[str, str]:
     return env
 
 
+def seed_ingest_offsets(settings: Settings) -> int:
+    """On the first split start, start the ingest group where the one-process group committed.
+
+    Why: the ingest process has a consumer group of its own (``faust_tuning.group_id``); without
+    this it would start from the raw topics' beginning.  Replays are harmless (duplicates) but a
+    retention's worth of them is a long catch-up.  Only raw topics the ingest group has no offset
+    for are seeded, so a restart never moves it back.  Returns how many partitions were seeded.
+    """
+    from kafka.admin import KafkaAdminClient
+    from kafka.structs import OffsetAndMetadata
+
+    from streams.faust_tuning import group_id
+    from streams.kafka_config import kafka_python_options
+
+    ingest_group = group_id(settings.model_copy(update={"worker_stages": "ingest"}))
+    raw = {*settings.raw_topics(), settings.identity_topic}
+    admin = KafkaAdminClient(**kafka_python_options(settings), client_id="interest-admin")
+    try:
+        have = {tp for tp, om in admin.list_group_offsets(ingest_group).get(ingest_group, {}).items()
+                if om.offset >= 0}
+        theirs = {tp: om.offset for tp, om in admin.list_group_offsets(settings.app_id).get(settings.app_id, {}).items()
+                  if tp.topic in raw and om.offset >= 0 and tp not in have}
+        if theirs:  # the ingest group has no members yet: its children start after this
+            admin.alter_group_offsets(ingest_group, {tp: OffsetAndMetadata(o, "", -1) for tp, o in theirs.items()})
+    finally:
+        admin.close()
+    return len(theirs)
+
+
 def run_split(settings: Settings) -> int:
     """Start the update and ingest children and supervise them; returns the exit status to use."""
     if settings.worker_stages != "all":
         print("error: --split runs both stages; unset INTEREST_WORKER_STAGES", file=sys.stderr)
         return 2
+    try:
+        seeded = seed_ingest_offsets(settings)
+    except Exception as exc:  # broker not reachable yet: the children wait for it; replays are duplicates
+        print(f"interest worker --split: could not seed the ingest group's offsets ({type(exc).__name__}: {exc}); "
+              "it starts from the raw topics' beginning", file=sys.stderr)
+        seeded = 0
+    if seeded:
+        print(f"interest worker --split: the ingest group starts from {settings.app_id}'s offsets on {seeded} "
+              "raw partitions", file=sys.stderr)
     children = {stage: subprocess.Popen([sys.executable, "-m", "interest.cli", "worker"],
                                         env=child_env(settings, stage))
                 for stage in ("update", "ingest")}

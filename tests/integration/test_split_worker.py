@@ -103,3 +103,26 @@ def test_when_one_stage_dies_the_other_stops_and_the_pair_exits_with_its_status(
     assert code == 128 + signal.SIGKILL, worker.logs()[-2000:]
     assert "the update process exited" in worker.logs()
     assert wait_until(lambda: not _alive(ingest_child), 30, what="the ingest process stopped")
+
+
+def test_switching_to_split_continues_from_the_one_process_offsets(
+    make_settings: Any, model_registry: tuple[str, str], tmp_path: Path
+) -> None:
+    registry, version = model_registry
+    settings = make_settings(registry=registry)
+    traffic = SyntheticTraffic(load_adapters(), users=30, items=300, seed=9)
+    start = int(time.time() * 1000) - 3_600_000
+    before = list(traffic.events(400, start, step_ms=100))
+    after = list(traffic.events(200, start + 400 * 100, step_ms=100))
+    with WorkerProcess(settings, tmp_path, "one") as worker:
+        produce_events(settings, before)
+        wait_for_oracle(settings, version, expected_profiles(before), timeout=90)
+        wait_until(lambda: metric_value(worker.get("/metrics")[1] or "", "interest_events_in_total") > 0, 10)
+        time.sleep(2.5)  # past Faust's 1 s commit interval: the raw offsets are committed
+    with WorkerProcess(settings, tmp_path, "split", "--split") as worker:
+        assert "starts from" in worker.logs() and "raw partitions" in worker.logs()
+        produce_events(settings, after)
+        wait_for_oracle(settings, version, expected_profiles([*before, *after]), timeout=90)
+        ingest_page = worker.get("/metrics", worker.port + 1)[1]
+        # Only the new events went through the ingest process: nothing of the first run was replayed.
+        assert 0 < metric_value(ingest_page, "interest_events_in_total") <= len(after)
