@@ -52,6 +52,11 @@ from interest.embedded import free_port
 from schemas.settings import Settings
 
 TARGET_RATE, TARGET_P99_MS = 2000, 500.0
+# How far before the newest stamp each poll reads again: a row's ``updated_ms`` is stamped before its
+# write commits (by at most a batch's write, well under a second).  It was 10 s, which had the reader
+# re-fetch ~10 s of rows 50 times a second on the cores the worker needs; a row it missed could only
+# make an event look later (or unreadable), never earlier.
+LOOK_BACK_MS = 3_000
 
 
 class Tracker:
@@ -123,7 +128,7 @@ class Tracker:
                         self.seen[person] = write_ts
                         self._resolve(person, bytes(events), now)
                 if rows:  # rows are stamped before their write commits: look back well past that
-                    watermark = max(watermark, max(r[2] for r in rows) - 10_000)
+                    watermark = max(watermark, max(r[2] for r in rows) - LOOK_BACK_MS)
                 time.sleep(self.poll_s)
         finally:
             conn.close()

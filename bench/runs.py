@@ -45,13 +45,25 @@ class Proc:
         return [self.settings.web_port, self.settings.web_port + 1] if split else [self.settings.web_port]
 
     def rss_mb(self) -> tuple[float, float]:
-        """(current RSS, peak RSS) in MB from /proc; (0, 0) once the process is gone."""
+        """(current RSS, peak RSS) in MB from /proc, its children's (``--split``) added; (0, 0) once gone.
+
+        With children the peak is the sum of each process's peak: an upper bound of the pair's.
+        """
+        pid = self.proc.pid
         try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         except OSError:
-            return 0.0, 0.0
-        fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith("Vm")}
-        return int(fields.get("VmRSS", 0)) / 1024, int(fields.get("VmHWM", 0)) / 1024
+            kids = []
+        now, peak = 0.0, 0.0
+        for one in [pid, *kids]:
+            try:
+                status = Path(f"/proc/{one}/status").read_text()
+            except OSError:
+                continue
+            fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith("Vm")}
+            now += int(fields.get("VmRSS", 0)) / 1024
+            peak += int(fields.get("VmHWM", 0)) / 1024
+        return now, peak
 
     def check(self) -> None:
         if self.proc.poll() is not None:
@@ -137,11 +149,12 @@ class Stalled(RuntimeError):
 
 def wait_committed(offsets: Offsets, group: str, proc: Proc, timeout: float, person: bool = True,
                    on_sample: Callable[[float, int], None] | None = None, poll_s: float = 0.25,
-                   stall_s: float = 120.0) -> float:
+                   stall_s: float = 120.0, raw_group: str | None = None) -> float:
     """Seconds from ``proc`` start until ``group`` committed every raw message (and person envelope).
 
     The person topic is checked only once every raw message is committed: only then is its end
     final (the ingest agent acknowledges a raw batch after its envelopes were acknowledged).
+    ``raw_group``: the raw topics' group when it is not ``group`` (``interest worker --split``).
     ``on_sample(t, raw_messages_committed)`` sees the progress.  No commit progress for ``stall_s``
     (start-up included) raises :class:`Stalled` with the log's last warnings.
     """
@@ -151,7 +164,7 @@ def wait_committed(offsets: Offsets, group: str, proc: Proc, timeout: float, per
         proc.check()
         if person:
             offsets.poll_person()
-        lag, total = offsets.raw_lag(group)
+        lag, total = offsets.raw_lag(raw_group or group)
         now = time.monotonic() - proc.started
         if on_sample is not None:
             on_sample(now, total - lag)

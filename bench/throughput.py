@@ -61,7 +61,7 @@ def _steady(samples: list[tuple[float, int]], total: int, seconds: float) -> flo
 
 
 def _timed(proc: Proc, settings: Settings, ends: dict[tuple[str, int], int], person: bool, timeout: float,
-           events: int, stall_s: float) -> dict[str, Any]:
+           events: int, stall_s: float, raw_group: str | None = None) -> dict[str, Any]:
     """Wait until ``proc``'s group committed everything; rates, peak RSS and the progress curve.
 
     A run that stalls (or times out) is reported with its error and no rate, not raised: the
@@ -79,7 +79,7 @@ def _timed(proc: Proc, settings: Settings, ends: dict[tuple[str, int], int], per
     messages = sum(ends.values())
     try:
         seconds = wait_committed(offsets, settings.app_id, proc, timeout, person=person, on_sample=sample,
-                                 stall_s=stall_s)
+                                 stall_s=stall_s, raw_group=raw_group)
         peak = max(peak, proc.rss_mb()[1])
     except (Stalled, TimeoutError) as exc:
         say(f"{proc.log.name}: {exc}")
@@ -114,8 +114,9 @@ def _store_counts(settings: Settings) -> dict[str, int]:
 def run_worker(settings: Settings, directory: Path, produced: dict[str, Any], args: argparse.Namespace,
                label: str) -> dict[str, Any]:
     say(f"{label}: starting `interest worker` (group {settings.app_id})")
-    proc = Proc.worker(settings, directory / f"{label}.log")
-    result = _timed(proc, settings, produced["end_offsets"], True, args.timeout, produced["events"], args.stall_s)
+    proc = Proc.worker(settings, directory / f"{label}.log", split=args.split)
+    result = _timed(proc, settings, produced["end_offsets"], True, args.timeout, produced["events"], args.stall_s,
+                    raw_group=f"{settings.app_id}-ingest" if args.split else None)
     result.update(_store_counts(settings))
     say(f"{label}: {result['events_per_s']} events/s ({result.get('seconds')}s, {result['profiles']} profiles)")
     return result
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stall-s", type=float, default=120.0, help="a run without commit progress this long failed")
     parser.add_argument("--out-dir", default=str(BENCH_DIR))
     parser.add_argument("--registry", default=None, help="bench model registry (default OUT_DIR/registry)")
+    parser.add_argument("--split", action="store_true", help="the worker runs as `interest worker --split`")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with embedded_broker(directory) as broker:
         single = bench_settings(broker.url, directory, f"s{int(time.time())}", registry,
                                   **(QUICK_SETTINGS if args.quick else {}))
-        report["settings"] = knobs(single)
+        report["settings"] = knobs(single) | {"split": args.split}
         say(f"generating {args.events} events for {args.users} people")
         events = synthetic(args.events, args.users, args.items, args.seed)
         produced = produce(single, events)

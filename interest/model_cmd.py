@@ -70,6 +70,10 @@ def train_cmd(
         None, "--platform", help="Fine-tune the shared version --from V (default: promoted) on this platform's "
         "targets and publish a platform version",
     ),
+    refit: bool | None = typer.Option(
+        None, "--refit/--no-refit", help="After choosing the epoch on validation, train that many epochs again "
+        "with the validation targets [default: the config's; beauty: on]",
+    ),
 ) -> None:
     """Train (or fine-tune) the encoder, export ONNX, verify, publish; prints one JSON line.
 
@@ -96,6 +100,7 @@ def train_cmd(
         "patience": patience,
         "time_budget_s": time_budget_s,
         "threads": threads,
+        "refit": refit,
     }
     try:
         cfg = named_config(config, seed=seed, **given)

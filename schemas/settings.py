@@ -119,6 +119,11 @@ class Settings(BaseSettings):
         description="Stages this process runs: both on one event loop, or one of them (`interest worker --split` "
         "runs one process each; the ingest process's consumer group is APP_ID-ingest)",
     )
+    gil_switch_interval_ms: float = Field(
+        0.5, gt=0, le=100,
+        description="sys.setswitchinterval of a worker process: how long a thread (encode, store) keeps the GIL "
+        "before the event loop gets it back; Python's default is 5",
+    )
     data_dir: str = "data"
     web_port: int = Field(6066, ge=0, le=65535)
     web_host: str = "0.0.0.0"

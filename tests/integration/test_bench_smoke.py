@@ -52,8 +52,10 @@ def close(ratio: float | None, num: float, den: float) -> bool:
 def test_throughput(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.throughput import main
 
-    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path), "--registry", registry], capsys)
+    # --split: the raw topics' group is APP_ID-ingest; the run ends only when both groups committed all.
+    report = run_bench(main, ["--quick", "--split", "--out-dir", str(tmp_path), "--registry", registry], capsys)
     worker, passthrough, naive = (report[k] for k in ("worker", "passthrough", "naive"))
+    assert report["settings"]["split"] is True
     envelope = report["envelopes"]["20"]
     for run in (worker, passthrough, naive, envelope):
         assert run["events_per_s"] > 0
