@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,12 @@ from interest.embedded import free_port
 from schemas.settings import Settings
 
 TARGET_RATE, TARGET_P99_MS = 2000, 500.0
-# How far before the newest stamp each poll reads again: a row's ``updated_ms`` is stamped before its
-# write commits (by at most a batch's write, well under a second).  It was 10 s, which had the reader
-# re-fetch ~10 s of rows 50 times a second on the cores the worker needs; a row it missed could only
-# make an event look later (or unreadable), never earlier.
-LOOK_BACK_MS = 3_000
+# How far before the newest stamp each poll reads again.  A row's ``updated_ms`` is stamped before its
+# write commits, by a batch's encode and write: well under a second at steady rates, seconds in an
+# overload.  A fixed 10 s had the reader re-fetch 10 s of rows 50 times a second on the cores the
+# worker needs; so it is twice the longest stamp-to-seen delay of the last 30 s, at least 3 s.  A row it
+# missed could only make an event look later (or unreadable), never earlier.
+LOOK_BACK_MIN_MS, LOOK_BACK_MEMORY_MS = 3_000, 30_000
 
 
 class Tracker:
@@ -69,8 +70,9 @@ class Tracker:
     too late): the profile has moved past it, so it counts as readable now, and as ``superseded``.
     """
 
-    def __init__(self, db_path: str, poll_s: float) -> None:
+    def __init__(self, db_path: str, poll_s: float, seq_len: int = 50) -> None:
         self.db_path = db_path
+        self.seq_len = seq_len
         self.poll_s = poll_s
         self.lock = threading.Lock()
         self.pending: dict[str, dict[str, tuple[float, int, str]]] = defaultdict(dict)
@@ -101,7 +103,10 @@ class Tracker:
                 if oldest is None:
                     first = orjson.loads(blob[1 : blob.index(b"]") + 1]) if blob.startswith(b"[[") else []
                     oldest = int(first[1]) if first else 0
-                if ts >= oldest:
+                    full = blob.count(b"],[") + 1 >= self.seq_len
+                # A full window's oldest time ties: an event of that very millisecond that is not in it
+                # was pushed out by the tie order (heavy people at 5000/s), so it counts as superseded too.
+                if ts > oldest or (ts == oldest and not full):
                     continue
                 self.superseded[phase] += 1
             del mine[event_id]
@@ -111,12 +116,20 @@ class Tracker:
     def _run(self) -> None:
         conn = sqlite3.connect(self.db_path, timeout=5)
         watermark = 0
+        delays: deque[tuple[float, float]] = deque()  # (poll time, longest stamp -> seen delay of that poll)
         try:
             while not self.stop.is_set():
                 rows = conn.execute("SELECT person_id, write_ts, updated_ms FROM profiles WHERE updated_ms >= ?",
                                     (watermark,)).fetchall()
                 with self.lock:
-                    changed = [r[0] for r in rows if r[1] != self.seen.get(r[0]) and self.pending.get(r[0])]
+                    fresh = [r for r in rows if r[1] != self.seen.get(r[0]) and self.pending.get(r[0])]
+                    changed = [r[0] for r in fresh]
+                seen_at = time.time() * 1000
+                if fresh:
+                    delays.append((seen_at, max(seen_at - r[2] for r in fresh)))
+                while delays and delays[0][0] < seen_at - LOOK_BACK_MEMORY_MS:
+                    delays.popleft()
+                look_back = max(LOOK_BACK_MIN_MS, 2 * max((d for _, d in delays), default=0.0))
                 windows: list[tuple[str, bytes, int]] = []
                 for start in range(0, len(changed), 500):
                     part = changed[start : start + 500]
@@ -128,7 +141,7 @@ class Tracker:
                         self.seen[person] = write_ts
                         self._resolve(person, bytes(events), now)
                 if rows:  # rows are stamped before their write commits: look back well past that
-                    watermark = max(watermark, max(r[2] for r in rows) - LOOK_BACK_MS)
+                    watermark = max(watermark, int(max(r[2] for r in rows) - look_back))
                 time.sleep(self.poll_s)
         finally:
             conn.close()
@@ -322,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                         "data_dir": f"{settings.data_dir}/w{i}"}),
                              directory / f"worker-{i}.log", split=args.split) for i in range(args.workers)]
         ports = [port for p in procs for port in p.ports()]
-        tracker = Tracker(settings.sqlite_path(), args.poll_ms / 1000)
+        tracker = Tracker(settings.sqlite_path(), args.poll_ms / 1000, settings.seq_len)
         try:
             for proc in procs:
                 for port in proc.ports():

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         description="sys.setswitchinterval of a worker process: how long a thread (encode, store) keeps the GIL "
         "before the event loop gets it back; Python's default is 5",
     )
+    gc_thresholds: tuple[int, int, int] = Field(
+        (50_000, 50, 1000),
+        description="gc.set_threshold of a worker process (JSON list); Python's default (700, 10, 10) stops the "
+        "event loop for a full collection every few seconds under load",
+    )
     data_dir: str = "data"
     web_port: int = Field(6066, ge=0, le=65535)
     web_host: str = "0.0.0.0"
@@ -162,6 +167,13 @@ class Settings(BaseSettings):
             import json
 
             return json.loads(value)
+        return value
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _check_gc(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(v < 1 for v in value):
+            raise ValueError("gc_thresholds must be three positive integers, e.g. [50000, 50, 1000]")
         return value
 
     @field_validator("platforms_served")
@@ -249,7 +261,7 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             elif isinstance(value, Enum):
                 value = value.value
-            env[ENV_PREFIX + name.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
+            env[ENV_PREFIX + name.upper()] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
         return env
 
     def masked(self) -> dict[str, Any]:
