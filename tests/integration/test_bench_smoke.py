@@ -134,3 +134,12 @@ def test_platforms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     serving = report["serving"]
     assert serving["versions"] == 2 and serving["people_per_s_all_versions"] > 0
     assert close(serving["slowdown"], serving["people_per_s_shared_only"], serving["people_per_s_all_versions"])
+
+
+def test_broker_hop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.broker_hop import main
+
+    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path)], capsys)
+    assert report["sent"] > 0 and report["received"] == report["sent"]  # every message read back once
+    assert 0 < report["p50_ms"] <= report["p99_ms"]
+    assert sum(w["messages"] for w in report["windows"]) == report["received"]
