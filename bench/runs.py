@@ -24,10 +24,10 @@ class Proc:
     """A benchmarked subprocess (``interest worker`` or the pass-through app) with its log and peak RSS."""
 
     def __init__(self, args: list[str], settings: Settings, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
-        env.update(settings.to_env())
+        env = settings.child_env()
         self.log = log
         self.settings = settings
+        self.split = False  # `interest worker --split` (set by ``worker``)
         handle = open(log, "ab")  # noqa: SIM115
         self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, *args], env=env, stdout=handle, stderr=subprocess.STDOUT,
@@ -37,12 +37,13 @@ class Proc:
     @classmethod
     def worker(cls, settings: Settings, log: Path, split: bool = False) -> Proc:
         """The real ``interest worker`` (same entry point as the console script); ``split``: ``--split``."""
-        return cls(["-m", "interest.cli", "worker", *(["--split"] if split else [])], settings, log)
+        proc = cls(["-m", "interest.cli", "worker", *(["--split"] if split else [])], settings, log)
+        proc.split = split
+        return proc
 
     def ports(self) -> list[int]:
         """The web ports it serves /metrics on: one, or two with ``--split`` (ingest on the next port)."""
-        split = "--split" in self.proc.args  # type: ignore[operator]
-        return [self.settings.web_port, self.settings.web_port + 1] if split else [self.settings.web_port]
+        return [self.settings.web_port, self.settings.web_port + 1] if self.split else [self.settings.web_port]
 
     def rss_mb(self) -> tuple[float, float]:
         """(current RSS, peak RSS) in MB from /proc, its children's (``--split``) added; (0, 0) once gone.

@@ -13,7 +13,6 @@ the update child keeps ``INTEREST_WEB_PORT``, the ingest child serves on the por
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -26,8 +25,7 @@ STOP_GRACE_S = 30.0  # what the parent waits for a child after forwarding a stop
 
 def child_env(settings: Settings, stage: str) -> dict[str, str]:
     """This process's environment with the settings pinned and the stage (and its web port) set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
-    env.update(settings.to_env())
+    env = settings.child_env()
     env["INTEREST_WORKER_STAGES"] = stage
     if stage == "ingest" and settings.web_port:
         env["INTEREST_WEB_PORT"] = str(settings.web_port + 1)

@@ -98,7 +98,7 @@ def check_store(settings: object) -> None:
     from streams.stores.factory import opened_store
 
     assert isinstance(settings, Settings)
-    if not settings.store_url.startswith("cassandra:") or settings.worker_stages == "ingest":
+    if not settings.store_url.startswith("cassandra:") or not settings.runs_update:
         return
 
     async def probe() -> None:

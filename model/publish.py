@@ -84,10 +84,11 @@ def _reference(stage: Path, spec: FeatureSpec, sequences: list[Any], item_ids: l
 def _refit_baseline(registry: Registry, version: str, seen: Split) -> float | None:
     """A promoted refit version measured on the very events it was refit on has seen their validation
     targets: compare against its recorded selection-run validation instead (None: measure it)."""
-    training = registry.manifest(version).get("training", {})
+    manifest = registry.manifest(version)
+    training = manifest.get("training", {})
     if not training.get("refit_epochs") or training.get("window") != time_window(seen.train):
         return None
-    recorded = registry.manifest(version).get("metrics", {}).get("valid", {}).get("ndcg@10")
+    recorded = manifest.get("metrics", {}).get("valid", {}).get("ndcg@10")
     return float(recorded) if recorded is not None else None
 
 

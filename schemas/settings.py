@@ -264,6 +264,22 @@ class Settings(BaseSettings):
             env[ENV_PREFIX + name.upper()] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
         return env
 
+    def child_env(self) -> dict[str, str]:
+        """This process's environment with every ``INTEREST_*`` replaced by these settings (for a child)."""
+        import os
+
+        return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | self.to_env()
+
+    @property
+    def runs_ingest(self) -> bool:
+        """This process runs the ingest stage (``worker_stages`` all or ingest)."""
+        return self.worker_stages != "update"
+
+    @property
+    def runs_update(self) -> bool:
+        """This process runs the update stage, and so needs the store and the model."""
+        return self.worker_stages != "ingest"
+
     def masked(self) -> dict[str, Any]:
         """Settings as JSON-able data with every secret masked."""
         out: dict[str, Any] = {}

@@ -62,7 +62,7 @@ class Worker:
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
-        if self.settings.worker_stages == "ingest":  # no store and no model: raw bytes -> person topic only
+        if not self.settings.runs_update:  # no store and no model: raw bytes -> person topic only
             self.ready.set()
             return
         await self.models.load()
@@ -77,7 +77,7 @@ class Worker:
     def not_ready_reason(self) -> str | None:
         if not self.ready.is_set():
             return "starting: store or model not open yet"
-        if self.settings.worker_stages != "ingest" and self.model.current() is None and self.model.expected():
+        if self.settings.runs_update and self.model.current() is None and self.model.expected():
             return "a model version is promoted but none is loaded"
         if self.stats.holding is not None:
             return f"holding the person partitions: {self.stats.holding}"
@@ -109,14 +109,14 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     async def start_context() -> None:
         await retry_forever("store open", ctx.backoff, ctx.start)
 
-    if settings.worker_stages != "update":
+    if settings.runs_ingest:
 
         @app.agent(raw_topic, name="ingest")
         async def ingest(stream: Any) -> None:
             await ctx.ready.wait()
             await ctx.ingest.consume(stream)
 
-    if settings.worker_stages != "ingest":
+    if settings.runs_update:
 
         @app.task
         async def model_watch() -> None:

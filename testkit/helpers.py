@@ -20,9 +20,7 @@ from schemas.settings import Settings
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that reproduces ``settings`` in a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
-    env.update(settings.to_env())
-    return env
+    return settings.child_env()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "") -> Any:

@@ -89,6 +89,11 @@ def make_sequences(count: int, seed: int = 0, max_events: int = 30) -> list[list
     return out
 
 
+def model_state(model: Any) -> dict[str, Any]:
+    """A model's weights as numpy copies, to compare two runs bit for bit."""
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
 def tiny_config(**overrides: Any) -> Any:
     from model.trainer import TrainConfig
 

@@ -43,6 +43,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _stages(worker: WorkerProcess) -> dict[str, int]:
+    """The running split worker's two children by stage, once both are up."""
+    assert worker.proc is not None
+    parent = worker.proc.pid
+    pids = wait_until(lambda: len(_children(parent)) == 2 and _children(parent), 30, what="two child processes")
+    return {_stage_of(pid): pid for pid in pids}
+
+
 def test_split_worker_matches_the_oracle_and_stops_as_one(
     make_settings: Any, model_registry: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -57,9 +65,8 @@ def test_split_worker_matches_the_oracle_and_stops_as_one(
         worker.wait_ready()
         ingest_port = worker.port + 1
         wait_until(lambda: worker.get("/ready", ingest_port)[0] == 200, 60, what="ingest process /ready")
-        assert worker.proc is not None
-        children = wait_until(lambda: len(_children(worker.proc.pid)) == 2 and _children(worker.proc.pid), 30,
-                              what="two child processes")
+        stages = _stages(worker)
+        children = list(stages.values())
         produce_events(settings, produced)
         wait_for_oracle(settings, version, oracle, timeout=90)
         snap = scan(settings, version)
@@ -67,7 +74,7 @@ def test_split_worker_matches_the_oracle_and_stops_as_one(
         # update applies them and owns every person partition (the lag gauge names what each owns).
         wait_until(lambda: "interest_consumer_lag{" in (worker.get("/metrics")[1] or ""), 15, what="lag gauge")
         update_page, ingest_page = worker.get("/metrics")[1], worker.get("/metrics", ingest_port)[1]
-        assert sorted(_stage_of(pid) for pid in children) == ["ingest", "update"]
+        assert sorted(stages) == ["ingest", "update"]
         assert metric_value(ingest_page, "interest_events_in_total") > 0
         assert metric_value(update_page, "interest_events_in_total") == 0
         assert metric_value(ingest_page, "interest_events_applied_total") == 0
@@ -91,12 +98,10 @@ def test_when_one_stage_dies_the_other_stops_and_the_pair_exits_with_its_status(
     worker = WorkerProcess(settings, tmp_path, "split-kill", "--split").start()
     try:
         worker.wait_ready()
-        assert worker.proc is not None
-        parent = worker.proc.pid
-        pids = wait_until(lambda: len(_children(parent)) == 2 and _children(parent), 30, what="two child processes")
-        stage = {_stage_of(pid): pid for pid in pids}
+        stage = _stages(worker)
         update_child, ingest_child = stage["update"], stage["ingest"]
         os.kill(update_child, signal.SIGKILL)
+        assert worker.proc is not None
         code = worker.proc.wait(timeout=60)
     finally:
         worker.stop()

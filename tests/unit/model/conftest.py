@@ -24,6 +24,14 @@ def events() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
+def people(events: list[dict[str, Any]]) -> Any:
+    """The synthetic events as loaded sequences (what ``train_model`` takes)."""
+    from model.data import load_events
+
+    return load_events(events, "ms")
+
+
+@pytest.fixture(scope="session")
 def published(tmp_path_factory: pytest.TempPathFactory, events: list[dict[str, Any]]) -> tuple[Path, Any]:
     """A registry with one trained, promoted tiny version: (root, TrainResult)."""
     from model.trainer import train

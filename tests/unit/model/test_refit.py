@@ -13,21 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from model.data import leave_two_out, load_events, platform_split, refit_split
+from model.data import leave_two_out, platform_split, refit_split
 from model.registry import Registry
 from model.trainer import train, train_model
-from testkit.models import tiny_config
-
-
-@pytest.fixture(scope="module")
-def people(events: list[dict[str, Any]]) -> Any:
-    return load_events(events, "ms")
-
-
-def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+from testkit.models import model_state, tiny_config
 
 
 def test_refit_split_trains_on_every_event_before_the_test_target_and_never_on_it(people: Any) -> None:
@@ -53,7 +43,7 @@ def test_refit_is_the_chosen_epoch_count_again_on_the_grown_split(people: Any) -
     assert refit.refit_epochs == selection.best_epoch >= 1
     # The weights are those of a plain run of that many epochs on the grown split, bit for bit.
     direct = train_model(people, refit_split(split), tiny_config(epochs=selection.best_epoch, seed=2))
-    a, b, c = _state(refit.model), _state(direct.model), _state(selection.model)
+    a, b, c = model_state(refit.model), model_state(direct.model), model_state(selection.model)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], c[k]) for k in a)
 

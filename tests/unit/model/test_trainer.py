@@ -14,22 +14,13 @@ from model.evaluate import build_eval_set, catalogue_of
 from model.objective import TrainWindows
 from model.registry import Registry
 from model.trainer import TrainConfig, train, train_model, validate
-from testkit.models import tiny_config
-
-
-@pytest.fixture(scope="module")
-def people(events: list[dict[str, Any]]) -> Any:
-    return load_events(events, "ms")
-
-
-def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+from testkit.models import model_state, tiny_config
 
 
 def test_same_seed_same_model_different_seed_different(people: Any) -> None:
     split = leave_two_out(people)
     runs = [train_model(people, split, tiny_config(epochs=2, seed=s)) for s in (3, 3, 4)]
-    a, b, c = (_state(r.model) for r in runs)
+    a, b, c = (model_state(r.model) for r in runs)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert [h.loss for h in runs[0].history] == [h.loss for h in runs[1].history]
     assert not all(np.array_equal(a[k], c[k]) for k in a)
@@ -170,6 +161,6 @@ def test_pretrain_max_items_bounds_the_cooccurrence_start(people: Any) -> None:
     split = leave_two_out(people)
     items = len(catalogue_of(split.train))
     runs = [train_model(people, split, tiny_config(epochs=1, pretrain_max_items=n)) for n in (items, items - 1)]
-    with_init, without = (_state(r.model) for r in runs)
+    with_init, without = (model_state(r.model) for r in runs)
     assert not np.array_equal(with_init["item_tables.0.weight"], without["item_tables.0.weight"])
     assert TrainConfig().pretrain_max_items == 5000  # the default (MovieLens) behaviour is unchanged
