@@ -19,6 +19,9 @@ DUPLICATES = Counter("interest_events_duplicate_total", "Events already applied 
 TOO_LATE = Counter("interest_events_too_late_total", "Events older than a full window (cannot matter)")
 ERASED_DROPPED = Counter("interest_events_erased_total", "Events of an erased person dropped")
 FORWARDED = Counter("interest_records_forwarded_total", "Records moved to a linked person's partition")
+# A first link moves the device's stored events to the person, where they are applied (and counted) again
+# while the device's row goes: stored events = applied - moved, which is what a replay check adds up.
+HISTORY_MOVED = Counter("interest_history_moved_total", "Stored device events moved to the person at a first link")
 BATCH_SIZE = Histogram(
     "interest_batch_size", "Messages per micro-batch", ["stage"],
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),

@@ -146,6 +146,7 @@ class BatchReport:
     people: int = 0
     encoded: int = 0
     forwarded: int = 0
+    moved: int = 0  # stored device events of a first link, among ``forwarded``
     links: int = 0
     forgotten: int = 0
     merge: MergeOutcome = field(default_factory=MergeOutcome)
@@ -311,6 +312,7 @@ class ProfileUpdater:
                 states, _ = await self._states([anon_id])
                 old = states[anon_id]
                 forwards.extend(_forwarded_event(e, target, device) for e in old.events)
+                work.report.moved += len(old.events)
                 if old.write_ts or old.events:
                     work.batch.removed_states.append((anon_id, old.write_ts + 1))
         if forwards:

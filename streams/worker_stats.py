@@ -39,6 +39,7 @@ class WorkerStats:
         metrics.TOO_LATE.inc(report.merge.too_late)
         metrics.ERASED_DROPPED.inc(report.merge.erased)
         metrics.FORWARDED.inc(report.forwarded)
+        metrics.HISTORY_MOVED.inc(report.moved)
         metrics.PEOPLE_UPDATED.inc(len(report.written))
         if report.encoded:
             metrics.ENCODE_SECONDS.observe(report.encode_s)

@@ -123,20 +123,21 @@ def test_the_newest_link_wins_in_the_cache_and_the_store_alike(tmp_path: Path) -
     first link stays with the first person (documented in the README).
     """
 
-    async def scenario() -> tuple[list[Any], dict[str, Any]]:
+    async def scenario() -> tuple[list[Any], dict[str, Any], list[int]]:
         store = await _store(tmp_path / "r.db")
         sent = Sent()
         updater = ProfileUpdater(store, lambda: None, sent, SETTINGS)
         await updater.process([ev(1, person="anon:app:d2", platform="app", device="d2")])
-        await updater.process([IdentityLink("app", "d2", "p-new", T0 + 9_000),   # newest, arrives first
-                               IdentityLink("app", "d2", "p-old", T0 + 2_000)])
-        await updater.process([IdentityLink("app", "d2", "p-old", T0 + 3_000)])  # late and older: no effect
-        await updater.process([ev(5, person="anon:app:d2", platform="app", device="d2")])
+        reports = [await updater.process([IdentityLink("app", "d2", "p-new", T0 + 9_000),   # newest, first
+                                          IdentityLink("app", "d2", "p-old", T0 + 2_000)])]
+        reports.append(await updater.process([IdentityLink("app", "d2", "p-old", T0 + 3_000)]))  # older: no effect
+        reports.append(await updater.process([ev(5, person="anon:app:d2", platform="app", device="d2")]))
         links = await store.load_links(["anon:app:d2"])
         await store.close()
-        return sent.records(), links
+        return sent.records(), links, [r.moved for r in reports]
 
-    forwarded, links = asyncio.run(scenario())
+    forwarded, links, moved = asyncio.run(scenario())
+    assert moved == [1, 0, 0], "only the first link moves stored history (and counts it)"
     assert links["anon:app:d2"].person_id == "p-new"
     assert {r.person_id for r in forwarded} == {"p-new"}, "routing and the store disagree on the device's person"
     assert sorted(r.event_id for r in forwarded) == ["e1", "e5"], "history moved once, later event redirected"
