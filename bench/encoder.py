@@ -10,9 +10,13 @@ worst case; the worker buckets shorter ones) featurised once, so both backends t
 alone.  ``runtime_people_per_s`` adds what the worker also pays per batch (featurisation,
 bucketing) through ``EncoderRuntime.encode``.
 
-Threads: onnxruntime uses the worker's session options (no spinning) and both backends are timed
-with ``--threads`` (default the worker's ``min(4, cores)``) and with one intra-op thread; the faster
-counts for each, so a busy shared machine cannot make either side look worse than it is.
+Threads: onnxruntime uses the worker's session options (no spinning, denormals flushed) and is timed
+with one and ``--threads`` (default the worker's ``min(4, cores)``) intra-op threads and the way the
+worker runs it, ``--threads`` lanes of one thread (``model.cpu_lanes``); PyTorch eager with one and
+``--threads`` threads.  The fastest counts for each, so a busy shared machine cannot make either side
+look worse than it is (lanes run on threads that flush denormals).  ``torch_lanes_people_per_s`` (PyTorch in
+the same lanes) and the ``traced`` variant (the TorchScript graph, before ``model.fused_graph``) are
+reported beside them.
 
 CUDA: only when onnxruntime's CUDAExecutionProvider really runs the graph (driver present, device
 initialises, session does not fall back); then fp32 and fp16 graphs with IOBinding, inputs already
@@ -98,6 +102,23 @@ def models_for(registry: str, version: str, seq: int, cache: Path) -> tuple[Any,
     return longer, directory / "model.onnx", directory / "model_fp16.onnx"
 
 
+def traced_variant(model: Any, seq: int, cache: Path) -> Path:
+    """The same weights as the TorchScript export (plain ONNX ops, last block pruned): the graph ``model.onnx``
+    was before it was written with fused kernels, kept as a variant to compare with."""
+    import torch
+
+    from model.export import OUTPUT, _export, random_sequences, sequence_graph
+    from model.features import featurize
+
+    path = cache / f"traced-L{seq}.onnx"  # exported again every run: the bench model may have changed
+    sample = featurize(random_sequences(model.spec, 3, seed=3), model.spec)
+    names = model.spec.input_names()
+    with torch.no_grad():
+        _export(sequence_graph(model), tuple(torch.from_numpy(sample[n]) for n in names), names, OUTPUT,
+                {0: "batch", 1: "seq"}, path, model.cfg.dim)
+    return path
+
+
 def ort_session(path: Path, threads: int, cuda: bool = False) -> Any:
     """A session configured like the worker's (``model.runtime``): intra-op threads, no spinning."""
     import onnxruntime as ort
@@ -108,6 +129,7 @@ def ort_session(path: Path, threads: int, cuda: bool = False) -> Any:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     providers: list[Any] = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] if cuda else [
         "CPUExecutionProvider"]
     return ort.InferenceSession(str(path), opts, providers=providers)
@@ -128,35 +150,85 @@ def cuda_status(path: Path) -> str | None:
     return None
 
 
-def cpu_points(model: Any, onnx_path: Path, seq: int, batches: list[int], threads: int,
-               min_time: float) -> list[dict[str, Any]]:
+def ort_modes(path: Path, threads: int) -> dict[str, Callable[[dict[str, np.ndarray]], Any]]:
+    """Ways to spend ``threads`` cores on one call: intra-op threads (1 and ``threads``), and what the worker
+    does, ``threads`` side-by-side lanes of one intra-op thread each (``model.cpu_lanes``)."""
+    from model.cpu_lanes import run_in_lanes
+
+    sessions = {n: ort_session(path, n) for n in sorted({threads, 1})}
+    output = sessions[1].get_outputs()[0].name
+    modes: dict[str, Callable[[dict[str, np.ndarray]], Any]] = {
+        f"intra{n}": partial(sess.run, [output]) for n, sess in sessions.items()}
+    if threads > 1:
+        single = sessions[1]
+        modes[f"lanes{threads}"] = partial(run_in_lanes, lambda part: single.run([output], part)[0], lanes=threads)
+    return modes
+
+
+def _best(modes: dict[str, Callable[[dict[str, np.ndarray]], Any]], feeds: dict[str, np.ndarray],
+          min_time: float) -> tuple[str, float]:
+    seconds = {name: time_call(partial(run, feeds), min_time) for name, run in modes.items()}
+    name = min(seconds, key=seconds.__getitem__)
+    return name, seconds[name]
+
+
+def torch_lanes(model: Any, tensors: list[Any], lanes: int) -> Any:
+    """PyTorch eager with the worker's lane split (one torch thread, ``lanes`` Python threads): context
+    for the lane gain, not the target's baseline (the target is PyTorch eager as users run it)."""
     import torch
 
+    from model.cpu_lanes import lane_pool
+
+    rows = tensors[0].shape[0]
+    bounds = np.linspace(0, rows, lanes + 1).astype(int)
+
+    def run() -> None:
+        with torch.no_grad():
+            futures = [lane_pool().submit(model, *(t[lo:hi] for t in tensors))
+                       for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+            for future in futures:
+                future.result()
+    return run
+
+
+def cpu_points(model: Any, onnx_path: Path, seq: int, batches: list[int], threads: int,
+               min_time: float, traced: Path | None = None) -> list[dict[str, Any]]:
+    import torch
+
+    from model.cpu_lanes import flush_denormals
     from model.features import featurize
 
-    sessions = {n: ort_session(onnx_path, n) for n in sorted({threads, 1})}
-    output = sessions[1].get_outputs()[0].name
+    flush_denormals()  # this thread runs both backends: the same floating-point mode for each
+    served, traced_modes = ort_modes(onnx_path, threads), ort_modes(traced, threads) if traced else {}
     names = model.spec.input_names()
     points = []
     for batch in batches:
         feeds = featurize(full_sequences(batch, seq, seed=batch), model.spec, pad_to=seq)
         tensors = [torch.from_numpy(feeds[n]) for n in names]
-        ort_s = {n: time_call(partial(sess.run, [output], feeds), min_time)
-                 for n, sess in sessions.items()}
+        o_mode, ort_s = _best(served, feeds, min_time)
         torch_s: dict[int, float] = {}
-        for n in sessions:
+        for n in sorted({threads, 1}):
             torch.set_num_threads(n)
             with torch.no_grad():
                 torch_s[n] = time_call(partial(model, *tensors), min_time)
-        o_thr, t_thr = min(ort_s, key=ort_s.__getitem__), min(torch_s, key=torch_s.__getitem__)
+        t_thr = min(torch_s, key=torch_s.__getitem__)
         point: dict[str, Any] = {
-                 "seq": seq, "batch": batch, "ort_ms": round(ort_s[o_thr] * 1000, 3), "ort_threads": o_thr,
+                 "seq": seq, "batch": batch, "ort_ms": round(ort_s * 1000, 3), "ort_mode": o_mode,
                  "torch_ms": round(torch_s[t_thr] * 1000, 3), "torch_threads": t_thr,
-                 "ort_people_per_s": round(batch / ort_s[o_thr], 1),
+                 "ort_people_per_s": round(batch / ort_s, 1),
                  "torch_people_per_s": round(batch / torch_s[t_thr], 1)}
         point["speedup"] = ratio(point["ort_people_per_s"], point["torch_people_per_s"])
-        say(f"cpu seq {seq} batch {batch}: ort {point['ort_people_per_s']:.0f}/s ({o_thr} thr), torch "
-            f"{point['torch_people_per_s']:.0f}/s ({t_thr} thr), x{point['speedup']}")
+        if threads > 1 and batch >= 2 * threads:
+            torch.set_num_threads(1)
+            point["torch_lanes_people_per_s"] = round(batch / time_call(torch_lanes(model, tensors, threads),
+                                                                        min_time), 1)
+        if traced_modes:
+            t_mode, traced_s = _best(traced_modes, feeds, min_time)
+            point["ort_traced_people_per_s"], point["ort_traced_mode"] = round(batch / traced_s, 1), t_mode
+            point["fused_vs_traced"] = ratio(point["ort_people_per_s"], point["ort_traced_people_per_s"])
+        say(f"cpu seq {seq} batch {batch}: ort {point['ort_people_per_s']:.0f}/s ({o_mode}), torch "
+            f"{point['torch_people_per_s']:.0f}/s ({t_thr} thr), x{point['speedup']}"
+            + (f"; traced graph {point['ort_traced_people_per_s']:.0f}/s" if traced_modes else ""))
         points.append(point)
     torch.set_num_threads(threads)
     return points
@@ -255,6 +327,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     directory = out_dir(args.out_dir, "encoder")
     registry = args.registry or str(Path(args.out_dir) / "registry")
     version = ensure_model(registry, args.quick)
+    from model.fused_graph import has_fused_graph
+
     report: dict[str, Any] = {"bench": "encoder", "command": command("encoder", argv), "machine": machine(),
                               "model_version": version, "threads": args.threads, "quick": args.quick, "cpu": []}
     cuda_paths: dict[int, dict[str, Path]] = {}
@@ -263,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, fp32, fp16 = models_for(registry, version, seq, directory)
         report["architecture"] = model.cfg.to_dict()
         spec_of[seq], cuda_paths[seq] = model.spec, {"fp32": fp32, "fp16": fp16}
-        report["cpu"].extend(cpu_points(model, fp32, seq, batches, args.threads, args.min_time))
+        traced = traced_variant(model, seq, directory) if has_fused_graph(model) else None
+        report["cpu"].extend(cpu_points(model, fp32, seq, batches, args.threads, args.min_time, traced))
     report["runtime_people_per_s_batch256_seq50"] = runtime_rate(registry, version, args.threads, args.min_time)
     skipped = cuda_status(cuda_paths[seqs[0]]["fp32"])
     report["cuda"] = None if skipped else []

@@ -3,13 +3,16 @@
 Two graphs are exported:
 
 * ``model.onnx``: sequence inputs (``spec.input_names()``, int64 ``[batch,
-  seq]``, both axes dynamic) -> ``interest`` float32 ``[batch, dim]``;
+  seq]``, both axes dynamic) -> ``interest`` float32 ``[batch, dim]``; for
+  BERT blocks written from the weights with onnxruntime's fused kernels
+  (``model.fused_graph``), else the TorchScript export;
 * ``item_model.onnx``: ``item_hash_k`` int64 ``[n]`` -> ``item_vector``
   float32 ``[n, dim]``, so a worker or query service can embed any item id
   without torch;
 
 plus ``model_fp16.onnx`` (weights and activations in float16, float32 output)
-for GPU workers.  The opset and IR version are pinned to what the installed
+for GPU workers, converted from the TorchScript export (plain ONNX ops, which
+every provider runs in float16).  The opset and IR version are pinned to what the installed
 onnxruntime loads, and every file is re-loaded and compared with PyTorch on
 random and real sequences: a max abs difference of ``PARITY_TOL`` or more
 raises :class:`ExportError` and nothing is published.
@@ -30,6 +33,7 @@ from torch import nn
 
 from model.encoder import InterestEncoder
 from model.features import FeatureSpec, featurize, item_inputs
+from model.fused_graph import fused_sequence_graph, has_fused_graph
 from model.manifest import cpu_session
 from schemas.sequence import SeqEvent
 
@@ -233,8 +237,12 @@ def export_all(
     sample = featurize(random_sequences(spec, 3, seed=3), spec)
     args = tuple(torch.from_numpy(sample[n]) for n in spec.input_names())
     dim = model.cfg.dim
-    _export(sequence_graph(model), args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"},
-            out_dir / "model.onnx", dim)
+    traced = out_dir / ("model_traced.onnx" if has_fused_graph(model) else "model.onnx")
+    _export(sequence_graph(model), args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, traced, dim)
+    if has_fused_graph(model):
+        fused = fused_sequence_graph(model, OUTPUT, OPSET, IR_VERSION)
+        onnx.checker.check_model(fused, full_check=True)
+        onnx.save(fused, str(out_dir / "model.onnx"))
     items = item_inputs(["a", "b", "c"], spec)
     item_args = tuple(torch.from_numpy(items[n]) for n in spec.item_input_names())
     _export(
@@ -248,7 +256,12 @@ def export_all(
     )
     parity = check_parity(model, out_dir / "model.onnx", out_dir / "item_model.onnx", real, item_ids)
     info: dict[str, object] = {"opset": OPSET, "ir_version": IR_VERSION, "parity_max_abs_diff": parity}
+    info["graph"] = "fused" if has_fused_graph(model) else "traced"
+    if traced.name != "model.onnx":
+        info["traced_parity_max_abs_diff"] = check_parity(model, traced, out_dir / "item_model.onnx", real, item_ids)
     if fp16:
-        convert_fp16(out_dir / "model.onnx", out_dir / "model_fp16.onnx")
+        convert_fp16(traced, out_dir / "model_fp16.onnx")
         info["fp16_max_abs_diff"] = check_fp16(out_dir / "model.onnx", out_dir / "model_fp16.onnx", spec)
+    if traced.name != "model.onnx":
+        traced.unlink()
     return info

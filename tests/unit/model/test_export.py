@@ -112,13 +112,17 @@ def test_the_exported_graph_computes_the_last_block_for_the_last_position_only(
 
     from model.export import _export
 
-    whole = out / "whole.onnx"
     sample = featurize(random_sequences(model.spec, 3, seed=3), model.spec)
-    _export(model, tuple(torch.from_numpy(sample[n]) for n in model.spec.input_names()), model.spec.input_names(),
-            OUTPUT, {0: "batch", 1: "seq"}, whole, model.cfg.dim)
+    args = tuple(torch.from_numpy(sample[n]) for n in model.spec.input_names())
+    whole, traced = out / "whole.onnx", out / "traced.onnx"
+    _export(model, args, model.spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, whole, model.cfg.dim)
+    _export(sequence_graph(model), args, model.spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, traced,
+            model.cfg.dim)
     assert one_row_products(whole) == 0, "the whole model computes every position"
     # query, scores, context, attention output, the two feed-forward products: per sequence, one row each
-    assert one_row_products(out / "model.onnx") >= 6
+    assert one_row_products(traced) >= 6
+    # The served graph (fused kernels) prunes the same way: query, attention output and feed-forward.
+    assert one_row_products(out / "model.onnx") >= 4
     gpt2 = InterestEncoder(model.spec, EncoderConfig(width=16, heads=2, layers=2, dim=8, block="gpt2"))
     assert sequence_graph(gpt2) is gpt2, "GPT-2 blocks are exported whole"
 
@@ -136,3 +140,45 @@ def test_ligr_block_exports_with_parity(tmp_path: Path) -> None:
     feats = featurize(make_sequences(30, seed=4), spec, pad_to=40)  # padding beyond the window is masked
     got = cpu_session(tmp_path / "model.onnx").run([OUTPUT], feats)[0]
     assert np.abs(got - torch_person(model, feats)).max() < PARITY_TOL
+
+
+def test_the_served_graph_uses_fused_attention_with_the_models_numbers(
+    exported: tuple[InterestEncoder, Path, dict[str, object]],
+) -> None:
+    """model.onnx is the fused graph (no Softmax chain left), exact on full, short and empty sequences."""
+    import onnx
+
+    model, out, info = exported
+    assert info["graph"] == "fused" and not (out / "model_traced.onnx").exists()
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"Attention", "MultiHeadAttention", "BiasGelu"} <= ops
+    assert not ops & {"Softmax", "Where", "Transpose"}, "the textbook attention chain is still there"
+    assert "SkipLayerNormalization" not in ops, "its CPU kernel measured ~5x slower than Sum + LayerNormalization"
+    sess = cpu_session(out / "model.onnx")
+    seqs = [[], *make_sequences(20, seed=5, max_events=24), *random_sequences(model.spec, 20, seed=6)]
+    for pad in (1, 24, 40):
+        kept = [s for s in seqs if len(s) <= pad]
+        feats = featurize(kept, model.spec, pad_to=pad)
+        assert np.abs(sess.run([OUTPUT], feats)[0] - torch_person(model, feats)).max() < PARITY_TOL
+
+
+@pytest.mark.parametrize("item_bias", [False, True])
+def test_fused_graph_parity_with_one_and_three_layers(tmp_path: Path, item_bias: bool) -> None:
+    """The last block alone (one layer) and several full blocks before it, with and without the item bias."""
+    from model.fused_graph import fused_sequence_graph
+
+    torch.manual_seed(1)
+    spec = FeatureSpec(hash_buckets=256, max_len=24)
+    for layers in (1, 3):
+        model = InterestEncoder(spec, EncoderConfig(width=16, heads=4, layers=layers, dim=8, item_bias=item_bias))
+        with torch.no_grad():  # trained-looking weights: padding rows and biases are no longer zero
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.2)
+        model.eval()
+        path = tmp_path / f"fused-{layers}.onnx"
+        import onnx
+
+        onnx.save(fused_sequence_graph(model, OUTPUT, 18, 10), str(path))
+        feats = featurize([[], *random_sequences(spec, 40, seed=layers)], spec, pad_to=24)
+        got = cpu_session(path).run([OUTPUT], feats)[0]
+        assert np.abs(got - torch_person(model, feats)).max() < PARITY_TOL, f"{layers} layers"
