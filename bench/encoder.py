@@ -159,17 +159,17 @@ def ort_modes(path: Path, threads: int) -> dict[str, Callable[[dict[str, np.ndar
     output = sessions[1].get_outputs()[0].name
     modes: dict[str, Callable[[dict[str, np.ndarray]], Any]] = {
         f"intra{n}": partial(sess.run, [output]) for n, sess in sessions.items()}
-    if threads > 1:
-        single = sessions[1]
-        modes[f"lanes{threads}"] = partial(run_in_lanes, lambda part: single.run([output], part)[0], lanes=threads)
+    single = sessions[1]
+    for lanes in sorted({1, threads}):  # one lane: one thread, on a lane thread (denormals flushed)
+        modes[f"lanes{lanes}"] = partial(run_in_lanes, lambda part: single.run([output], part)[0], lanes=lanes)
     return modes
 
 
 def _best(modes: dict[str, Callable[[dict[str, np.ndarray]], Any]], feeds: dict[str, np.ndarray],
-          min_time: float) -> tuple[str, float]:
+          min_time: float) -> tuple[str, float, dict[str, float]]:
     seconds = {name: time_call(partial(run, feeds), min_time) for name, run in modes.items()}
     name = min(seconds, key=seconds.__getitem__)
-    return name, seconds[name]
+    return name, seconds[name], seconds
 
 
 def torch_lanes(model: Any, tensors: list[Any], lanes: int) -> Any:
@@ -205,7 +205,7 @@ def cpu_points(model: Any, onnx_path: Path, seq: int, batches: list[int], thread
     for batch in batches:
         feeds = featurize(full_sequences(batch, seq, seed=batch), model.spec, pad_to=seq)
         tensors = [torch.from_numpy(feeds[n]) for n in names]
-        o_mode, ort_s = _best(served, feeds, min_time)
+        o_mode, ort_s, by_mode = _best(served, feeds, min_time)
         torch_s: dict[int, float] = {}
         for n in sorted({threads, 1}):
             torch.set_num_threads(n)
@@ -218,12 +218,14 @@ def cpu_points(model: Any, onnx_path: Path, seq: int, batches: list[int], thread
                  "ort_people_per_s": round(batch / ort_s, 1),
                  "torch_people_per_s": round(batch / torch_s[t_thr], 1)}
         point["speedup"] = ratio(point["ort_people_per_s"], point["torch_people_per_s"])
+        # One core each: what the graph alone buys, without the lanes.
+        point["one_thread_speedup"] = ratio(batch / min(by_mode["intra1"], by_mode["lanes1"]), batch / torch_s[1])
         if threads > 1 and batch >= 2 * threads:
             torch.set_num_threads(1)
             point["torch_lanes_people_per_s"] = round(batch / time_call(torch_lanes(model, tensors, threads),
                                                                         min_time), 1)
         if traced_modes:
-            t_mode, traced_s = _best(traced_modes, feeds, min_time)
+            t_mode, traced_s, _ = _best(traced_modes, feeds, min_time)
             point["ort_traced_people_per_s"], point["ort_traced_mode"] = round(batch / traced_s, 1), t_mode
             point["fused_vs_traced"] = ratio(point["ort_people_per_s"], point["ort_traced_people_per_s"])
         say(f"cpu seq {seq} batch {batch}: ort {point['ort_people_per_s']:.0f}/s ({o_mode}), torch "

@@ -9,8 +9,8 @@ block use the kernels built for it; each choice below was measured at batch
 256, sequence 50, on one and two threads (``bench.encoder`` keeps the
 TorchScript graph as its ``traced`` variant):
 
-* embeddings: the item tables, one folded (action, platform, gap) table and
-  positions: four gathers, one ``Sum``, ``LayerNormalization``;
+* embeddings: the item tables and one folded (action, platform, gap,
+  position) table: three gathers, one ``Sum``, ``LayerNormalization``;
 * every block but the last: ``com.microsoft.Attention`` (packed QKV
   projection) over the model's own ``[B, L, L]`` mask, then the output
   projection, ``Sum`` + ``LayerNormalization``, a ``BiasGelu`` feed-forward,
@@ -18,8 +18,8 @@ TorchScript graph as its ``traced`` variant):
   path doubled the node's time) and not ``SkipLayerNormalization`` (its CPU
   kernel was ~5x slower than the two ops it replaces);
 * the last block for the last position only (the vector is read there, see
-  ``model.export._LastQuery``): keys and values of every position, the query
-  of the last one, ``com.microsoft.MultiHeadAttention`` over the key mask;
+  ``model.export._LastQuery``), its attention computed in the input space
+  (:func:`_last_position_block`): no keys or values are materialised;
 * the person head: ``Gemm`` and the two L2 normalisations of
   ``InterestEncoder.person_from_hidden``.
 
@@ -79,24 +79,29 @@ class _Graph:
 
 
 def _embeddings(g: _Graph, model: InterestEncoder, names: list[str]) -> str:
-    """Item tables, one table of every (action, platform, gap) sum, and positions: four gathers, one Sum.
+    """Item tables and one table of every (action, platform, gap, position) sum: three gathers, one Sum.
 
-    The three small tables are folded into one of ``actions x platforms x gaps`` rows (a few hundred),
-    indexed by ``(action * platforms + platform) * gaps + gap``: two gathers fewer over ``[B, L, w]``.
+    The four small tables are folded into one of ``actions x platforms x gaps x positions`` rows (27 000
+    for the defaults, 7 MB), indexed by ``((action * platforms + platform) * gaps + gap) * positions +
+    position``: three gathers and two inputs of the ``[B, L, w]`` sum fewer.
     """
     k = model.spec.n_hashes
     tables = [cast(torch.nn.Embedding, t) for t in model.item_tables]
     hashes = [g.op("Gather", [g.const("item_table", t.weight), ids], "item_emb")
               for t, ids in zip(tables, names[:k], strict=True)]
-    acts, plats, gaps = (e.weight.detach() for e in (model.action_emb, model.platform_emb, model.gap_emb))
-    combined = (acts[:, None, None, :] + plats[None, :, None, :] + gaps[None, None, :, :]).reshape(-1, acts.shape[1])
+    acts, plats, gaps, pos = (e.weight.detach() for e in (model.action_emb, model.platform_emb, model.gap_emb,
+                                                          model.pos_emb))
+    combined = (acts[:, None, None, None, :] + plats[None, :, None, None, :] + gaps[None, None, :, None, :]
+                + pos[None, None, None, :, :]).reshape(-1, acts.shape[1])
     action, platform, gap, position = names[k:k + 4]
-    index = g.op("Add", [g.op("Mul", [g.op("Add", [g.op("Mul", [action, g.const(
-        "n_plat", np.array(plats.shape[0], dtype=np.int64))]), platform]), g.const(
-        "n_gap", np.array(gaps.shape[0], dtype=np.int64))]), gap], "context_index")
+
+    def times(value: str, count: int) -> str:
+        return g.op("Mul", [value, g.const("count", np.array(count, dtype=np.int64))])
+
+    index = g.op("Add", [times(g.op("Add", [times(g.op("Add", [times(action, plats.shape[0]), platform]),
+                                                   gaps.shape[0]), gap]), pos.shape[0]), position], "context_index")
     context = g.op("Gather", [g.const("context_table", combined), index], "context_emb")
-    positions = g.op("Gather", [g.const("pos_table", model.pos_emb.weight), position], "pos_emb")
-    total = g.op("Sum", [*hashes, context, positions], "emb_sum")
+    total = g.op("Sum", [*hashes, context], "emb_sum")
     norm = model.emb_norm
     if not isinstance(norm, torch.nn.LayerNorm):
         raise ValueError("a BERT encoder normalises its embeddings")
@@ -172,19 +177,45 @@ def _full_block(g: _Graph, layer: Any, x: str, allowed: str) -> str:
     return _post_attention(g, layer, context, x)
 
 
-def _last_position_block(g: _Graph, layer: Any, x: str, key_mask: str) -> str:
+def _last_position_block(g: _Graph, layer: Any, x: str, key_bias: str) -> str:
+    """The last BertLayer at the last position, its attention computed in the input space.
+
+    For one query the keys and values of the other positions need not exist: with head ``h``'s
+    key rows ``K_h`` and value rows ``V_h`` of the projections, ``q_h . (K_h x_j + b_k) = (q_h K_h) . x_j
+    + const`` (the constant cancels in the softmax) and ``sum_j p_j (V_h x_j + b_v) = V_h (sum_j p_j x_j)
+    + b_v`` (the weights sum to 1).  So the block projects the query into the input space (``[B, heads,
+    w]``), scores it against the inputs themselves, mixes the inputs, and projects the mix: the two
+    ``[B, L, w] x [w, w]`` products of the keys and values (a quarter of the graph's multiply-adds) and
+    their transposes disappear, for products of ``[B, heads, L]`` size.
+    """
     att = layer.attention.self
     heads, scale = _heads_and_scale(layer)
+    width = int(att.query.weight.shape[0])
+    size = width // heads
     last = g.op("Slice", [x, g.const("m1", np.array([-1])), g.const("end", np.array([np.iinfo(np.int64).max])),
                           g.const("axis", np.array([1]))], "last")
-    query = g.op("MatMul", [last, g.linear_t("wq", att.query)], "query")
-    key = g.op("MatMul", [x, g.linear_t("wk", att.key)], "key")
-    value = g.op("MatMul", [x, g.linear_t("wv", att.value)], "value")
-    bias = torch.cat([att.query.bias, att.key.bias, att.value.bias]).detach()
-    context = g.op("MultiHeadAttention", [query, key, value, g.const("bqkv", bias), key_mask], "context",
-                   domain=CONTRIB, num_heads=heads, scale=scale, mask_filter_value=MASK_FILTER)
+    query = g.op("Add", [g.op("MatMul", [last, g.linear_t("wq", att.query)]), g.const("bq", att.query.bias)])
+    per_head = g.op("Reshape", [query, g.const("shape", np.array([0, heads, 1, size]))], "query_heads")
+    key_heads = (att.key.weight.detach() * scale).reshape(heads, size, width)  # [heads, size, w]: K_h, scaled
+    in_space = g.op("Reshape", [g.op("MatMul", [per_head, g.const("wk_heads", key_heads)]),
+                                g.const("shape", np.array([0, heads, width]))], "query_in_space")
+    scores = g.op("FusedMatMul", [in_space, x], "scores", domain=CONTRIB, transB=1)  # [B, heads, L]
+    weights = g.op("Softmax", [g.op("Add", [scores, key_bias])], "weights", axis=-1)
+    mixed = g.op("Unsqueeze", [g.op("MatMul", [weights, x], "mixed"), g.const("axis", np.array([2]))])
+    value_heads = att.value.weight.detach().reshape(heads, size, width).transpose(1, 2)  # [heads, w, size]
+    context = g.op("Reshape", [g.op("MatMul", [mixed, g.const("wv_heads", value_heads.contiguous())]),
+                               g.const("shape", np.array([0, 1, width]))], "context_heads")
+    context = g.op("Add", [context, g.const("bv", att.value.bias)], "context")
     out = _post_attention(g, layer, context, last)
     return g.op("Squeeze", [out, g.const("axis", np.array([1]))], "hidden_last")
+
+
+def _key_bias(g: _Graph, key_mask: str) -> str:
+    """``[B, 1, L]``: 0 on keys the last query sees, ``MASK_FILTER`` elsewhere."""
+    real = g.op("Cast", [key_mask], "key_real", to=TensorProto.FLOAT)
+    shifted = g.op("Sub", [real, g.const("f1", np.array(1.0, dtype=np.float32))], "key_shift")
+    return g.op("Unsqueeze", [g.op("Mul", [shifted, g.const("filter", np.array(-MASK_FILTER, dtype=np.float32))]),
+                              g.const("axis", np.array([1]))], "key_bias")
 
 
 def _normalize(g: _Graph, x: str) -> str:
@@ -224,7 +255,7 @@ def fused_sequence_graph(model: InterestEncoder, output: str, opset: int, ir_ver
         allowed = _allowed(g, names[-1]) if len(layers) > 1 else ""
         for layer in layers[:-1]:
             x = _full_block(g, layer, x, allowed)
-        _person(g, model, _last_position_block(g, layers[-1], x, key_mask), output)
+        _person(g, model, _last_position_block(g, layers[-1], x, _key_bias(g, key_mask)), output)
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in names]
     outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", model.cfg.dim])]
     graph = helper.make_graph(g.nodes, "interest_encoder_fused", inputs, outputs, g.weights)
