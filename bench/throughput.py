@@ -49,7 +49,9 @@ from bench.common import (
 from bench.runs import Offsets, Proc, Stalled, wait_committed
 from schemas.settings import Settings
 
-TARGETS = {"worker_vs_passthrough": 0.6, "worker_vs_naive": 5.0, "envelope_vs_single": 3.0}
+# This round's goals (issue "Freshness under load and events per core"): 0.8 of Faust's own pass-through,
+# envelopes 4x single events; the earlier 0.6 / 3x bars were met and are kept in the README's history.
+TARGETS = {"worker_vs_passthrough": 0.8, "worker_vs_naive": 5.0, "envelope_vs_single": 4.0}
 
 
 def _steady(samples: list[tuple[float, int]], total: int, seconds: float) -> float | None:
