@@ -10,13 +10,13 @@ worst case; the worker buckets shorter ones) featurised once, so both backends t
 alone.  ``runtime_people_per_s`` adds what the worker also pays per batch (featurisation,
 bucketing) through ``EncoderRuntime.encode``.
 
-Threads: onnxruntime uses the worker's session options (no spinning, denormals flushed) and is timed
-with one and ``--threads`` (default the worker's ``min(4, cores)``) intra-op threads and the way the
-worker runs it, ``--threads`` lanes of one thread (``model.cpu_lanes``); PyTorch eager with one and
-``--threads`` threads.  The fastest counts for each, so a busy shared machine cannot make either side
-look worse than it is (lanes run on threads that flush denormals).  ``torch_lanes_people_per_s`` (PyTorch in
-the same lanes) and the ``traced`` variant (the TorchScript graph, before ``model.fused_graph``) are
-reported beside them.
+Threads: onnxruntime uses the worker's session options (no spinning) and is timed with one and
+``--threads`` (default the worker's ``min(4, cores)``) intra-op threads and the way the worker runs
+it, ``--threads`` lanes of one thread (``model.cpu_lanes``); PyTorch eager with one and ``--threads``
+threads.  The fastest counts for each, so a busy shared machine cannot make either side look worse
+than it is; every CPU point is timed on a thread that flushes denormals, as the lanes do.
+``torch_lanes_people_per_s`` (PyTorch in the same lanes) and the ``traced`` variant (the TorchScript
+graph, before ``model.fused_graph``) are reported beside them.
 
 CUDA: only when onnxruntime's CUDAExecutionProvider really runs the graph (driver present, device
 initialises, session does not fall back); then fp32 and fp16 graphs with IOBinding, inputs already
@@ -129,7 +129,6 @@ def ort_session(path: Path, threads: int, cuda: bool = False) -> Any:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     providers: list[Any] = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] if cuda else [
         "CPUExecutionProvider"]
     return ort.InferenceSession(str(path), opts, providers=providers)
@@ -182,23 +181,33 @@ def torch_lanes(model: Any, tensors: list[Any], lanes: int) -> Any:
     rows = tensors[0].shape[0]
     bounds = np.linspace(0, rows, lanes + 1).astype(int)
 
+    def lane(lo: int, hi: int) -> None:
+        with torch.no_grad():  # thread-local: entered in the lane's own thread
+            model(*(t[lo:hi] for t in tensors))
+
     def run() -> None:
-        with torch.no_grad():
-            futures = [lane_pool().submit(model, *(t[lo:hi] for t in tensors))
-                       for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-            for future in futures:
-                future.result()
+        for future in [lane_pool().submit(lane, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]:
+            future.result()
     return run
+
+
+def on_flushed_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` on a fresh thread that flushes denormals, as the worker's lanes do: both backends are timed
+    in the same floating-point mode, and this process's main thread keeps its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model.cpu_lanes import flush_denormals
+
+    with ThreadPoolExecutor(1, initializer=flush_denormals) as one:
+        return one.submit(fn, *args).result()
 
 
 def cpu_points(model: Any, onnx_path: Path, seq: int, batches: list[int], threads: int,
                min_time: float, traced: Path | None = None) -> list[dict[str, Any]]:
     import torch
 
-    from model.cpu_lanes import flush_denormals
     from model.features import featurize
 
-    flush_denormals()  # this thread runs both backends: the same floating-point mode for each
     served, traced_modes = ort_modes(onnx_path, threads), ort_modes(traced, threads) if traced else {}
     names = model.spec.input_names()
     points = []
@@ -340,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["architecture"] = model.cfg.to_dict()
         spec_of[seq], cuda_paths[seq] = model.spec, {"fp32": fp32, "fp16": fp16}
         traced = traced_variant(model, seq, directory) if has_fused_graph(model) else None
-        report["cpu"].extend(cpu_points(model, fp32, seq, batches, args.threads, args.min_time, traced))
+        report["cpu"].extend(on_flushed_thread(cpu_points, model, fp32, seq, batches, args.threads, args.min_time,
+                                               traced))
     report["runtime_people_per_s_batch256_seq50"] = runtime_rate(registry, version, args.threads, args.min_time)
     skipped = cuda_status(cuda_paths[seqs[0]]["fp32"])
     report["cuda"] = None if skipped else []

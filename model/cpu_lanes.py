@@ -10,12 +10,15 @@ is thread-safe and releases the GIL), each on one intra-op thread, reached
 
 Why denormals: masked attention scores go through ``exp`` far below the
 smallest normal float, and onnxruntime's kernels slow down several times on
-the denormal results.  Its ``session.set_denormal_as_zero`` covers only its
-own pool threads, not the thread that calls ``run`` (which does a share of
-the work, or all of it with one intra-op thread), so the lanes run on a
-pool whose threads set flush-to-zero and denormals-are-zero
-(:func:`flush_denormals`; x86-64 glibc, elsewhere it does nothing).  Values below 1.2e-38 become 0: no
-vector changes beyond the parity tolerance (the parity checks run this way).
+the denormal results.  Its ``session.set_denormal_as_zero`` is not used: it
+covers its pool threads (a lane's session has none) and, once per process,
+the thread that makes the first session, which would change the floating-
+point mode of whatever application thread loads a model.  Every call runs
+on the lane pool instead, whose threads set flush-to-zero and
+denormals-are-zero themselves (:func:`flush_denormals`; x86-64, elsewhere
+nothing).  Values below 1.2e-38 become 0: the runtime's vectors stay within
+the 1e-4 parity of ``model.forward`` (``tests/unit/model/test_runtime.py``),
+and are identical however a call is split.
 """
 
 from __future__ import annotations
@@ -65,12 +68,17 @@ def flush_denormals() -> bool:
     return ok
 
 
+def _lane_thread() -> None:
+    _local.lane = True
+    flush_denormals()
+
+
 def lane_pool() -> ThreadPoolExecutor:
     """One process-wide pool for every runtime (versions are swapped; their lanes are not leaked)."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ort-lane", initializer=flush_denormals)
+            _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ort-lane", initializer=_lane_thread)
         return _pool
 
 
@@ -83,13 +91,13 @@ def run_in_lanes(run: Callable[[dict[str, np.ndarray]], np.ndarray], feeds: dict
                  lanes: int) -> np.ndarray:
     """``run(feeds)`` with the rows cut into contiguous lanes run side by side; rows come back in order.
 
-    Every lane runs on the lane pool, whose threads flush denormals; the caller's own floating-point mode
-    is never touched (it may be any thread of the application).  A call of fewer than ``LANE_MIN_ROWS``
-    rows runs on the caller: the hand-off would cost more than it saves.
+    Every call runs on the lane pool, whose threads flush denormals (one lane below ``2 * LANE_MIN_ROWS``
+    rows), so results do not depend on the caller's thread, and the caller's floating-point mode is never
+    touched.  Called from a lane thread itself, it runs there: waiting on its own pool could deadlock.
     """
-    rows = len(next(iter(feeds.values())))
-    if rows < LANE_MIN_ROWS:
+    if getattr(_local, "lane", False):
         return run(feeds)
+    rows = len(next(iter(feeds.values())))
     bounds = np.linspace(0, rows, lane_count(rows, lanes) + 1).astype(int)
     spans = zip(bounds[:-1], bounds[1:], strict=True)
     futures = [lane_pool().submit(run, {name: value[lo:hi] for name, value in feeds.items()}) for lo, hi in spans]

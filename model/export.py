@@ -238,30 +238,33 @@ def export_all(
     args = tuple(torch.from_numpy(sample[n]) for n in spec.input_names())
     dim = model.cfg.dim
     traced = out_dir / ("model_traced.onnx" if has_fused_graph(model) else "model.onnx")
-    _export(sequence_graph(model), args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, traced, dim)
-    if has_fused_graph(model):
-        fused = fused_sequence_graph(model, OUTPUT, OPSET, IR_VERSION)
-        onnx.checker.check_model(fused, full_check=True)
-        onnx.save(fused, str(out_dir / "model.onnx"))
-    items = item_inputs(["a", "b", "c"], spec)
-    item_args = tuple(torch.from_numpy(items[n]) for n in spec.item_input_names())
-    _export(
-        _ItemTower(model),
-        item_args,
-        spec.item_input_names(),
-        ITEM_OUTPUT,
-        {0: "n"},
-        out_dir / "item_model.onnx",
-        dim,
-    )
-    parity = check_parity(model, out_dir / "model.onnx", out_dir / "item_model.onnx", real, item_ids)
-    info: dict[str, object] = {"opset": OPSET, "ir_version": IR_VERSION, "parity_max_abs_diff": parity}
-    info["graph"] = "fused" if has_fused_graph(model) else "traced"
-    if traced.name != "model.onnx":
-        info["traced_parity_max_abs_diff"] = check_parity(model, traced, out_dir / "item_model.onnx", real, item_ids)
-    if fp16:
-        convert_fp16(traced, out_dir / "model_fp16.onnx")
-        info["fp16_max_abs_diff"] = check_fp16(out_dir / "model.onnx", out_dir / "model_fp16.onnx", spec)
-    if traced.name != "model.onnx":
-        traced.unlink()
+    try:  # the traced graph is only a source for fp16 and a cross-check: never left in the version
+        _export(sequence_graph(model), args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, traced, dim)
+        if has_fused_graph(model):
+            fused = fused_sequence_graph(model, OUTPUT, OPSET, IR_VERSION)
+            onnx.checker.check_model(fused, full_check=True)
+            onnx.save(fused, str(out_dir / "model.onnx"))
+        items = item_inputs(["a", "b", "c"], spec)
+        item_args = tuple(torch.from_numpy(items[n]) for n in spec.item_input_names())
+        _export(
+            _ItemTower(model),
+            item_args,
+            spec.item_input_names(),
+            ITEM_OUTPUT,
+            {0: "n"},
+            out_dir / "item_model.onnx",
+            dim,
+        )
+        parity = check_parity(model, out_dir / "model.onnx", out_dir / "item_model.onnx", real, item_ids)
+        info: dict[str, object] = {"opset": OPSET, "ir_version": IR_VERSION, "parity_max_abs_diff": parity}
+        info["graph"] = "fused" if has_fused_graph(model) else "traced"
+        if traced.name != "model.onnx":
+            info["traced_parity_max_abs_diff"] = check_parity(model, traced, out_dir / "item_model.onnx", real,
+                                                              item_ids)
+        if fp16:
+            convert_fp16(traced, out_dir / "model_fp16.onnx")
+            info["fp16_max_abs_diff"] = check_fp16(out_dir / "model.onnx", out_dir / "model_fp16.onnx", spec)
+    finally:
+        if traced.name != "model.onnx":
+            traced.unlink(missing_ok=True)
     return info

@@ -45,6 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 from model.encoder import InterestEncoder
 
 CONTRIB = "com.microsoft"
+FOLD_MAX_ROWS = 65_536  # rows of the folded context table with positions (x width x 4 bytes: 16 MB at 64)
 MASK_FILTER = -10000.0  # onnxruntime's default, far below any real score of a unit-scaled block
 
 
@@ -79,11 +80,12 @@ class _Graph:
 
 
 def _embeddings(g: _Graph, model: InterestEncoder, names: list[str]) -> str:
-    """Item tables and one table of every (action, platform, gap, position) sum: three gathers, one Sum.
+    """Item tables and one folded table of every (action, platform, gap[, position]) sum, one Sum.
 
-    The four small tables are folded into one of ``actions x platforms x gaps x positions`` rows (27 000
-    for the defaults, 7 MB), indexed by ``((action * platforms + platform) * gaps + gap) * positions +
-    position``: three gathers and two inputs of the ``[B, L, w]`` sum fewer.
+    The small tables are folded into one of ``actions x platforms x gaps x positions`` rows (27 000 for
+    the defaults, 7 MB), indexed by ``((action * platforms + platform) * gaps + gap) * positions +
+    position``: three gathers and three inputs of the ``[B, L, w]`` sum fewer.  Above FOLD_MAX_ROWS
+    (long windows) positions keep their own table, so the folded one stays cache-sized.
     """
     k = model.spec.n_hashes
     tables = [cast(torch.nn.Embedding, t) for t in model.item_tables]
@@ -91,17 +93,23 @@ def _embeddings(g: _Graph, model: InterestEncoder, names: list[str]) -> str:
               for t, ids in zip(tables, names[:k], strict=True)]
     acts, plats, gaps, pos = (e.weight.detach() for e in (model.action_emb, model.platform_emb, model.gap_emb,
                                                           model.pos_emb))
-    combined = (acts[:, None, None, None, :] + plats[None, :, None, None, :] + gaps[None, None, :, None, :]
-                + pos[None, None, None, :, :]).reshape(-1, acts.shape[1])
     action, platform, gap, position = names[k:k + 4]
+    fold_positions = acts.shape[0] * plats.shape[0] * gaps.shape[0] * pos.shape[0] <= FOLD_MAX_ROWS
+    combined = acts[:, None, None, :] + plats[None, :, None, :] + gaps[None, None, :, :]
+    if fold_positions:
+        combined = combined[:, :, :, None, :] + pos[None, None, None, :, :]
 
     def times(value: str, count: int) -> str:
         return g.op("Mul", [value, g.const("count", np.array(count, dtype=np.int64))])
 
-    index = g.op("Add", [times(g.op("Add", [times(g.op("Add", [times(action, plats.shape[0]), platform]),
-                                                   gaps.shape[0]), gap]), pos.shape[0]), position], "context_index")
-    context = g.op("Gather", [g.const("context_table", combined), index], "context_emb")
-    total = g.op("Sum", [*hashes, context], "emb_sum")
+    index = g.op("Add", [times(g.op("Add", [times(action, plats.shape[0]), platform]), gaps.shape[0]), gap])
+    if fold_positions:
+        index = g.op("Add", [times(index, pos.shape[0]), position], "context_index")
+    inputs = [*hashes, g.op("Gather", [g.const("context_table", combined.reshape(-1, acts.shape[1])), index],
+                            "context_emb")]
+    if not fold_positions:
+        inputs.append(g.op("Gather", [g.const("pos_table", pos), position], "pos_emb"))
+    total = g.op("Sum", inputs, "emb_sum")
     norm = model.emb_norm
     if not isinstance(norm, torch.nn.LayerNorm):
         raise ValueError("a BERT encoder normalises its embeddings")
@@ -212,7 +220,8 @@ def _last_position_block(g: _Graph, layer: Any, x: str, key_bias: str) -> str:
 
 def _key_bias(g: _Graph, key_mask: str) -> str:
     """``[B, 1, L]``: 0 on keys the last query sees, ``MASK_FILTER`` elsewhere."""
-    real = g.op("Cast", [key_mask], "key_real", to=TensorProto.FLOAT)
+    real = g.op("Cast", [g.op("Greater", [key_mask, g.const("zero", np.array(0, dtype=np.int32))])], "key_real",
+                to=TensorProto.FLOAT)
     shifted = g.op("Sub", [real, g.const("f1", np.array(1.0, dtype=np.float32))], "key_shift")
     return g.op("Unsqueeze", [g.op("Mul", [shifted, g.const("filter", np.array(-MASK_FILTER, dtype=np.float32))]),
                               g.const("axis", np.array([1]))], "key_bias")

@@ -80,7 +80,6 @@ def _session(path: Path, gpu: bool, threads: int | None) -> ort.InferenceSession
     opts.inter_op_num_threads = 1
     # A worker shares its cores with Kafka I/O and the store client: do not spin.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")  # the pool's threads; see cpu_lanes
     providers: list[Any] = ["CPUExecutionProvider"]
     if gpu:
         providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]

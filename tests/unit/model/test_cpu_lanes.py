@@ -77,3 +77,17 @@ def test_runtime_lanes_give_the_single_lane_vectors(published: tuple[Path, Any])
     assert (one.lanes, lanes.lanes) == (1, 3)
     seqs = make_sequences(300, seed=8)
     assert np.abs(one.encode(seqs) - lanes.encode(seqs)).max() < 1e-6
+
+
+def test_a_lane_that_runs_lanes_itself_does_not_wait_on_its_own_pool() -> None:
+    """A runtime called from a lane thread (nested use) runs inline there instead of deadlocking."""
+
+    def inner(part: dict[str, np.ndarray]) -> np.ndarray:
+        return part["x"][:, None] + 1
+
+    def outer(part: dict[str, np.ndarray]) -> np.ndarray:
+        return run_in_lanes(inner, part, lanes=4)
+
+    rows = np.arange(64 * 40)  # 40 outer lanes wanted, more than the pool's 16 threads
+    got = run_in_lanes(outer, {"x": rows}, lanes=40)
+    assert np.array_equal(got[:, 0], rows + 1)

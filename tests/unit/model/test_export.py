@@ -183,3 +183,22 @@ def test_fused_graph_parity_with_one_and_three_layers(tmp_path: Path, item_bias:
         feats = featurize([[], *random_sequences(spec, 40, seed=layers)], spec, pad_to=24)
         got = cpu_session(path).run([OUTPUT], feats)[0]
         assert np.abs(got - torch_person(model, feats)).max() < PARITY_TOL, f"{layers} layers"
+
+
+def test_fused_graph_keeps_a_position_table_for_long_windows(tmp_path: Path) -> None:
+    """Above FOLD_MAX_ROWS the positions are not folded into the context table; the numbers stay exact."""
+    import onnx
+
+    from model.fused_graph import FOLD_MAX_ROWS, fused_sequence_graph
+
+    torch.manual_seed(2)
+    spec = FeatureSpec(hash_buckets=256, max_len=200)
+    model = InterestEncoder(spec, EncoderConfig(width=16, heads=2, layers=2, dim=8))
+    model.eval()
+    assert spec.n_actions * spec.n_platforms * spec.n_gaps * spec.max_len > FOLD_MAX_ROWS
+    proto = fused_sequence_graph(model, OUTPUT, 18, 10)
+    assert any(init.name.startswith("pos_table") for init in proto.graph.initializer)
+    path = tmp_path / "long.onnx"
+    onnx.save(proto, str(path))
+    feats = featurize(random_sequences(spec, 20, seed=3), spec, pad_to=200)
+    assert np.abs(cpu_session(path).run([OUTPUT], feats)[0] - torch_person(model, feats)).max() < PARITY_TOL
