@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 import threading
 from collections.abc import Callable
@@ -41,12 +42,18 @@ _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
+@functools.cache
 def _libm() -> ctypes.CDLL | None:
+    """glibc's (or musl's) libm, loaded once: by its soname first, so no lane start runs ``ldconfig``."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None
+    try:
+        return ctypes.CDLL("libm.so.6")
+    except OSError:
+        pass
     name = ctypes.util.find_library("m")
     try:
-        return ctypes.CDLL(name or "libm.so.6")
+        return ctypes.CDLL(name) if name else None
     except OSError:
         return None
 
