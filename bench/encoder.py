@@ -105,17 +105,10 @@ def models_for(registry: str, version: str, seq: int, cache: Path) -> tuple[Any,
 def traced_variant(model: Any, seq: int, cache: Path) -> Path:
     """The same weights as the TorchScript export (plain ONNX ops, last block pruned): the graph ``model.onnx``
     was before it was written with fused kernels, kept as a variant to compare with."""
-    import torch
-
-    from model.export import OUTPUT, _export, random_sequences, sequence_graph
-    from model.features import featurize
+    from model.export import export_traced, sequence_graph
 
     path = cache / f"traced-L{seq}.onnx"  # exported again every run: the bench model may have changed
-    sample = featurize(random_sequences(model.spec, 3, seed=3), model.spec)
-    names = model.spec.input_names()
-    with torch.no_grad():
-        _export(sequence_graph(model), tuple(torch.from_numpy(sample[n]) for n in names), names, OUTPUT,
-                {0: "batch", 1: "seq"}, path, model.cfg.dim)
+    export_traced(sequence_graph(model), path)
     return path
 
 

@@ -140,6 +140,18 @@ def _export(
     onnx.save(proto, str(path))
 
 
+def export_traced(module: nn.Module, path: Path) -> None:
+    """The TorchScript export of a sequence module (``sequence_graph(model)`` or the model itself) to ``path``."""
+    model = module.model if isinstance(module, _LastQuery) else module
+    if not isinstance(model, InterestEncoder):
+        raise TypeError(f"not a sequence module of an InterestEncoder: {type(module).__name__}")
+    spec = model.spec
+    sample = featurize(random_sequences(spec, 3, seed=3), spec)
+    args = tuple(torch.from_numpy(sample[n]) for n in spec.input_names())
+    with torch.no_grad():
+        _export(module, args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, path, model.cfg.dim)
+
+
 def random_sequences(spec: FeatureSpec, count: int, seed: int) -> list[list[SeqEvent]]:
     """Random event sequences of varied length (1..max_len), unseen item ids included."""
     rng = np.random.default_rng(seed)
@@ -234,12 +246,10 @@ def export_all(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     spec = model.spec
-    sample = featurize(random_sequences(spec, 3, seed=3), spec)
-    args = tuple(torch.from_numpy(sample[n]) for n in spec.input_names())
     dim = model.cfg.dim
     traced = out_dir / ("model_traced.onnx" if has_fused_graph(model) else "model.onnx")
     try:  # the traced graph is only a source for fp16 and a cross-check: never left in the version
-        _export(sequence_graph(model), args, spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, traced, dim)
+        export_traced(sequence_graph(model), traced)
         if has_fused_graph(model):
             fused = fused_sequence_graph(model, OUTPUT, OPSET, IR_VERSION)
             onnx.checker.check_model(fused, full_check=True)

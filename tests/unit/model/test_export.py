@@ -110,14 +110,11 @@ def test_the_exported_graph_computes_the_last_block_for_the_last_position_only(
         got = cpu_session(probe).run(names, feeds)
         return sum(1 for value in got if value.shape[-2] == 1)
 
-    from model.export import _export
+    from model.export import export_traced
 
-    sample = featurize(random_sequences(model.spec, 3, seed=3), model.spec)
-    args = tuple(torch.from_numpy(sample[n]) for n in model.spec.input_names())
     whole, traced = out / "whole.onnx", out / "traced.onnx"
-    _export(model, args, model.spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, whole, model.cfg.dim)
-    _export(sequence_graph(model), args, model.spec.input_names(), OUTPUT, {0: "batch", 1: "seq"}, traced,
-            model.cfg.dim)
+    export_traced(model, whole)
+    export_traced(sequence_graph(model), traced)
     assert one_row_products(whole) == 0, "the whole model computes every position"
     # query, scores, context, attention output, the two feed-forward products: per sequence, one row each
     assert one_row_products(traced) >= 6
