@@ -37,6 +37,7 @@ from bench.common import (
     target,
 )
 from bench.runs import Offsets, Proc, wait_committed
+from streams.faust_tuning import raw_group
 
 TARGET_MB = 600.0
 
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 done, seen = offsets.person_progress(settings.app_id)
                 samples.append((round(t, 2), proc.rss_mb()[0], committed / total, done / seen if seen else 0.0))
 
-            seconds = wait_committed(offsets, settings.app_id, proc, args.timeout, on_sample=sample)
+            seconds = wait_committed(offsets, settings.app_id, proc, args.timeout, on_sample=sample,
+                                     raw_group=raw_group(settings))
             for _ in range(10):  # settle: the last batch's buffers, the commit
                 time.sleep(0.2)
                 samples.append((round(time.monotonic() - proc.started, 2), proc.rss_mb()[0], 1.0, 1.0))

@@ -51,6 +51,7 @@ from bench.common import (
     synthetic,
 )
 from bench.runs import Offsets, Proc, Stalled, wait_committed
+from streams.faust_tuning import raw_group
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else:
                 offsets = Offsets(settings, produced["end_offsets"])
                 try:
-                    wait_committed(offsets, settings.app_id, proc, seconds, stall_s=120.0)
+                    wait_committed(offsets, settings.app_id, proc, seconds, stall_s=120.0,
+                                   raw_group=raw_group(settings))
                 except (Stalled, TimeoutError) as exc:
                     say(f"profiling window ended early: {exc}")
                 finally:

@@ -48,6 +48,7 @@ from bench.common import (
 )
 from bench.runs import Offsets, Proc, Stalled, wait_committed
 from schemas.settings import Settings
+from streams.faust_tuning import raw_group
 
 # This round's goals (issue "Freshness under load and events per core"): 0.8 of Faust's own pass-through,
 # envelopes 4x single events; the earlier 0.6 / 3x bars were met and are kept in the README's history.
@@ -118,7 +119,7 @@ def run_worker(settings: Settings, directory: Path, produced: dict[str, Any], ar
     say(f"{label}: starting `interest worker` (group {settings.app_id})")
     proc = Proc.worker(settings, directory / f"{label}.log", split=args.split)
     result = _timed(proc, settings, produced["end_offsets"], True, args.timeout, produced["events"], args.stall_s,
-                    raw_group=f"{settings.app_id}-ingest" if args.split else None)
+                    raw_group=f"{settings.app_id}-ingest" if args.split else raw_group(settings))
     result.update(_store_counts(settings))
     say(f"{label}: {result['events_per_s']} events/s ({result.get('seconds')}s, {result['profiles']} profiles)")
     return result

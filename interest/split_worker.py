@@ -33,9 +33,9 @@ def child_env(settings: Settings, stage: str) -> dict[str, str]:
 
 
 def seed_ingest_offsets(settings: Settings) -> int:
-    """On the first split start, start the ingest group where the one-process group committed.
+    """On the first start of a split worker or a batch reader, start the ingest group where the app's group committed.
 
-    Why: the ingest process has a consumer group of its own (``faust_tuning.group_id``); without
+    Why: the ingest stage has a consumer group of its own (``faust_tuning.raw_group``); without
     this it would start from the raw topics' beginning.  Replays are harmless (duplicates) but a
     retention's worth of them is a long catch-up.  Only raw topics the ingest group has no offset
     for are seeded, so a restart never moves it back.  Returns how many partitions were seeded.
@@ -43,10 +43,10 @@ def seed_ingest_offsets(settings: Settings) -> int:
     from kafka.admin import KafkaAdminClient
     from kafka.structs import OffsetAndMetadata
 
-    from streams.faust_tuning import group_id
+    from streams.faust_tuning import raw_group
     from streams.kafka_config import kafka_python_options
 
-    ingest_group = group_id(settings.model_copy(update={"worker_stages": "ingest"}))
+    ingest_group = raw_group(settings.model_copy(update={"worker_stages": "ingest"}))
     raw = {*settings.raw_topics(), settings.identity_topic}
     admin = KafkaAdminClient(**kafka_python_options(settings), client_id="interest-admin")
     try:

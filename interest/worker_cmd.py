@@ -71,6 +71,8 @@ def run_worker(settings: object) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     ensure_topics(settings, worker_topics(settings))
+    if settings.worker_stages == "all" and settings.ingest_reader == "batch":
+        _seed_raw_group(settings)
     # The encode and store threads hold the GIL for up to this long before the event loop, which does
     # Faust's per-message work, may run again: 0.5 ms against Python's 5 cut freshness p99 at 2000/s by
     # about a quarter and cost no catch-up throughput (README, "Measured").
@@ -82,6 +84,21 @@ def run_worker(settings: object) -> None:
     app, _ = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+def _seed_raw_group(settings: object) -> None:
+    """A worker that read the raw topics in the app's group (``ingest_reader=faust``) goes on where it was."""
+    from interest.split_worker import seed_ingest_offsets
+    from schemas.settings import Settings
+
+    assert isinstance(settings, Settings)
+    try:
+        seeded = seed_ingest_offsets(settings)
+    except Exception as exc:  # broker not reachable yet: the reader waits for it; replays are duplicates
+        typer.echo(f"could not seed the ingest group's offsets ({type(exc).__name__}: {exc})", err=True)
+        return
+    if seeded:
+        typer.echo(f"the ingest group starts from {settings.app_id}'s offsets on {seeded} raw partitions", err=True)
 
 
 def check_store(settings: object) -> None:

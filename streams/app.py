@@ -1,18 +1,20 @@
-"""The Faust application: two agents and the worker's web endpoints.
+"""The Faust application: the two stages and the worker's web endpoints.
 
-``INTEREST_WORKER_STAGES`` (``all`` by default) picks the agents: ``ingest`` or
+``INTEREST_WORKER_STAGES`` (``all`` by default) picks the stages: ``ingest`` or
 ``update`` alone gives a process one stage and one event loop to itself
 (``interest worker --split`` runs both that way; see ``faust_tuning.group_id``).
 
 ``ingest`` consumes every ``events.<platform>.<action>`` topic and
-``identity.links`` with ``IngestStage.consume``: raw bytes -> records re-keyed
-by person onto the person topic, bad input -> DLQ.
+``identity.links``: raw bytes -> records re-keyed by person onto the person
+topic, bad input -> DLQ.  With ``ingest_reader=batch`` (the default) a
+``RawReader`` task reads them in its own consumer group (``streams/raw_reader.py``,
+which says why); with ``faust`` a Faust agent runs ``IngestStage.consume``.
 
 ``update`` consumes the person topic with ``UpdateStage.consume``, which hands
 records to ``ProfileUpdater``.  Both live in ``streams/stages.py``; this module
 only wires them to Faust and serves the web pages.
 
-Both agents acknowledge a batch only after everything it produced (envelopes,
+Both stages acknowledge a batch only after everything it produced (envelopes,
 DLQ records, store writes) was acknowledged downstream, and neither lets an
 exception escape its loop: a crashed Faust agent leaves the worker stuck.
 """
@@ -33,6 +35,7 @@ from streams import faust_tuning, metrics
 from streams.backoff import retry_forever
 from streams.model_holder import ServedModels
 from streams.model_watch import watch_models
+from streams.raw_reader import RawReader
 from streams.stages import IngestStage, KafkaSender, UpdateStage, delivering, stage_backoff
 from streams.stores.factory import open_store
 from streams.updater import ProfileUpdater
@@ -60,6 +63,7 @@ class Worker:
         self.ingest = IngestStage(settings, Normalizer(load_adapters()), send, self.stats, stopping)
         self.update = UpdateStage(settings, self.updater, send, self.stats, stopping)
         self.ready = asyncio.Event()
+        self.reader: RawReader | None = None  # the batch reader, when this process runs it
 
     async def start(self) -> None:
         if not self.settings.runs_update:  # no store and no model: raw bytes -> person topic only
@@ -79,6 +83,8 @@ class Worker:
             return "starting: store or model not open yet"
         if self.settings.runs_update and self.model.current() is None and self.model.expected():
             return "a model version is promoted but none is loaded"
+        if self.reader is not None and self.reader.rebalancing:
+            return "the ingest reader is joining its consumer group"
         if self.stats.holding is not None:
             return f"holding the person partitions: {self.stats.holding}"
         return None
@@ -88,8 +94,11 @@ class Worker:
         # Only partitions owned now: after a rebalance a moved partition's last value would stay
         # exported forever (double-counted by sum(), a stale alert). No await in between: atomic.
         metrics.LAG.clear()
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
+        reader = self.reader.consumer if self.reader is not None else None
+        owned: list[tuple[Any, Any]] = [(consumer, tp) for tp in consumer.assignment()]
+        owned += [(reader, tp) for tp in (reader.assignment() if reader is not None else ())]
+        for client, tp in owned:
+            high = client.highwater(tp)
             pos = self.stats.positions.get((tp.topic, tp.partition))
             if high is not None:
                 lag = high - (pos + 1 if pos is not None else 0)
@@ -109,7 +118,19 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     async def start_context() -> None:
         await retry_forever("store open", ctx.backoff, ctx.start)
 
-    if settings.runs_ingest:
+    if settings.runs_ingest and settings.ingest_reader == "batch":
+        reader = ctx.reader = RawReader(settings, ctx.ingest, lambda: bool(app.should_stop))
+
+        @app.task
+        async def ingest_reader() -> None:
+            await ctx.ready.wait()
+            await reader.run()
+
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
+        async def stop_reader(sender: Any, **_: Any) -> None:  # the producer is still up: finish the batch
+            await reader.stop(settings.stop_grace_s)
+
+    elif settings.runs_ingest:
 
         @app.agent(raw_topic, name="ingest")
         async def ingest(stream: Any) -> None:

@@ -9,13 +9,16 @@ a test arms one through the environment:
 makes the process SIGKILL itself on the ``nth`` pass (default 1) through that
 point: no ``finally`` blocks, no flush, no commit, exactly like ``kill -9`` or
 the OOM killer.  Points: ``before_write`` and ``after_write`` (around the
-store write of a batch, in ``streams.updater``), ``between_writes`` (between the two phases of a
-Cassandra batch write, in ``streams.stores.cassandra``) and ``after_commit`` (the
-update agent, once the previous batches' offsets were acknowledged and
-committed).  ``INTEREST_TEST_POISON=<person>`` makes the update of that
-person raise every time (a bug that a later deploy fixes).  ``INTEREST_TEST_*`` variables are not settings, so the
-unknown-setting check ignores them; they are read once at import, so
-without them every call is one comparison.
+store write of a batch, in ``streams.updater``), ``between_writes`` (between
+the two phases of a Cassandra batch write, in ``streams.stores.cassandra``),
+``after_commit`` (the update agent, once the previous batches' offsets were
+acknowledged and committed), ``ingest_before_commit`` and
+``ingest_after_commit`` (the batch reader, around its raw offsets' commit, its
+envelopes already acknowledged).  ``INTEREST_TEST_POISON=<person>`` makes the
+update of that person raise every time (a bug that a later deploy fixes).
+``INTEREST_TEST_*`` variables are not settings, so the unknown-setting check
+ignores them; they are read once at import, so without them every call is one
+comparison.
 """
 
 from __future__ import annotations

@@ -56,7 +56,22 @@ def group_id(settings: Settings) -> str:
     Why: Faust's assignor hands every subscribed topic's partitions to all members alike, so a
     process without the ingest agent must never share a group with the raw topics' consumers.
     """
-    return f"{settings.app_id}-ingest" if settings.worker_stages == "ingest" else settings.app_id
+    if settings.worker_stages == "ingest":
+        # With the batch reader the ingest group is the reader's own (streams/raw_reader.py); the Faust app
+        # of such a process consumes nothing and must not join it under another assignor.
+        return f"{settings.app_id}-ingest" + ("-web" if settings.ingest_reader == "batch" else "")
+    return settings.app_id
+
+
+def raw_group(settings: Settings) -> str:
+    """The consumer group that reads and commits the raw topics and identity links.
+
+    The batch reader (``streams/raw_reader.py``) and an ingest-only Faust process use
+    ``APP_ID-ingest``; a one-process worker with ``ingest_reader=faust`` reads them in the app's group.
+    """
+    if settings.ingest_reader == "batch" or settings.worker_stages == "ingest":
+        return f"{settings.app_id}-ingest"
+    return settings.app_id
 
 
 def lean_app(settings: Settings, **overrides: Any) -> faust.App:

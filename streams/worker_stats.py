@@ -50,7 +50,9 @@ class WorkerStats:
             metrics.PRODUCED_TO_WRITTEN.observe(ms / 1000)
         # /stats (and the demo's live view) report freshness from when each event reached Kafka; event
         # times follow the trackers' clocks (or a synthetic schedule) and say nothing about the pipeline.
-        self.freshness.extend(report.produced_to_written_ms or report.freshness_ms)
+        # No fallback to event time: a batch whose changes carry no Kafka stamp (a first link moving a
+        # device's stored history) would add the age of that history, not a pipeline latency.
+        self.freshness.extend(report.produced_to_written_ms)
         self.people_updated += len(report.written)
         self.batches += 1
         self.last_batch = report.records

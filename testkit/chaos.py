@@ -149,41 +149,63 @@ def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartitio
         consumer.close()
 
 
+def by_group(settings: Settings, topics: Iterable[str], group: str | None = None) -> dict[str, list[str]]:
+    """Topics under the group that commits them: ``group`` for all, else the worker's own split.
+
+    The raw topics and identity links are committed by the ingest group (``raw_group``), the
+    person topic by the Faust app's group.
+    """
+    from streams.faust_tuning import raw_group
+
+    out: dict[str, list[str]] = {}
+    raw = {*settings.raw_topics(), settings.identity_topic}
+    for topic in topics:
+        owner = group or (raw_group(settings) if topic in raw else settings.app_id)
+        out.setdefault(owner, []).append(topic)
+    return out
+
+
 def group_lag(settings: Settings, topics: Iterable[str], group: str | None = None) -> dict[TopicPartition, int]:
-    """Per partition: end offset minus the group's committed offset (what is not yet committed)."""
-    topics = list(topics)
-    ends = end_offsets(settings, topics)
-    consumer = KafkaConsumer(**kafka_python_options(settings), group_id=group or settings.app_id,
-                             enable_auto_commit=False)
-    try:
-        return {tp: end - (consumer.committed(tp) or 0) for tp, end in ends.items()}
-    finally:
-        consumer.close()
+    """Per partition: end offset minus the committing group's offset (what is not yet committed)."""
+    lag: dict[TopicPartition, int] = {}
+    for owner, mine in by_group(settings, topics, group).items():
+        ends = end_offsets(settings, mine)
+        consumer = KafkaConsumer(**kafka_python_options(settings), group_id=owner, enable_auto_commit=False)
+        try:
+            lag.update({tp: end - (consumer.committed(tp) or 0) for tp, end in ends.items()})
+        finally:
+            consumer.close()
+    return lag
 
 
 def committed(settings: Settings, topics: Iterable[str], group: str | None = None) -> int:
-    """Sum of the group's committed offsets over ``topics``."""
-    consumer = KafkaConsumer(**kafka_python_options(settings), group_id=group or settings.app_id,
-                             enable_auto_commit=False)
-    try:
-        return sum(consumer.committed(tp) or 0 for tp in _partitions(consumer, topics))
-    finally:
-        consumer.close()
+    """Sum of the committing groups' offsets over ``topics``."""
+    total = 0
+    for owner, mine in by_group(settings, topics, group).items():
+        consumer = KafkaConsumer(**kafka_python_options(settings), group_id=owner, enable_auto_commit=False)
+        try:
+            total += sum(consumer.committed(tp) or 0 for tp in _partitions(consumer, mine))
+        finally:
+            consumer.close()
+    return total
 
 
 def reset_group_to_earliest(settings: Settings, topics: Iterable[str], group: str | None = None) -> int:
-    """Reset a stopped group's committed offsets to the earliest; returns the partitions reset.
+    """Reset stopped groups' committed offsets to the earliest; returns the partitions reset.
 
     Kafka's tool (``kafka-consumer-groups --reset-offsets``, kafka-python's
     ``reset_group_offsets``) commits as a non-member; Tansu 0.6.0 answers
     that with UNKNOWN_MEMBER_ID for a group that had members.  So the reset
-    joins the group as its only member, commits the beginning offsets of
+    joins each group as its only member, commits the beginning offsets of
     every partition it is assigned, and leaves.
     """
+    return sum(_reset_one(settings, mine, owner) for owner, mine in by_group(settings, topics, group).items())
+
+
+def _reset_one(settings: Settings, topics: list[str], group: str) -> int:
     from kafka.structs import OffsetAndMetadata
 
-    topics = list(topics)
-    consumer = KafkaConsumer(**kafka_python_options(settings), group_id=group or settings.app_id,
+    consumer = KafkaConsumer(**kafka_python_options(settings), group_id=group,
                              enable_auto_commit=False, auto_offset_reset="earliest",
                              session_timeout_ms=6000, heartbeat_interval_ms=1000)
     try:
@@ -203,7 +225,7 @@ def reset_group_to_earliest(settings: Settings, topics: Iterable[str], group: st
 
 
 def worker_input_topics(settings: Settings) -> list[str]:
-    """Topics the worker's group consumes (raw, identity, person)."""
+    """Topics the worker consumes (raw and identity: the ingest group; person: the Faust app's group)."""
     return [*settings.raw_topics(), settings.identity_topic, settings.person_topic]
 
 

@@ -29,7 +29,9 @@ from testkit.chaos import (
 )
 from testkit.helpers import WorkerProcess, checksum, metric_value, scan, wait_until
 
-CRASH_POINTS = ["before_write", "after_write", "after_commit"]
+# The update stage's three points, then the ingest reader's: its envelopes acknowledged, its raw offsets not yet
+# committed (the batch comes again: duplicates), and just after that commit.
+CRASH_POINTS = ["before_write", "after_write", "after_commit", "ingest_before_commit", "ingest_after_commit"]
 FAST = [pytest.param(point, 3, 1200, id=point) for point in CRASH_POINTS]
 soak = [pytest.mark.soak, pytest.mark.skipif(not SOAK, reason="soak variant: set INTEREST_TEST_SOAK=1")]
 SOAK_RUNS = [pytest.param(point, 25, 12_000, id=f"soak-{point}", marks=soak) for point in CRASH_POINTS]
