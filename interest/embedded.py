@@ -20,10 +20,28 @@ class EmbeddedBrokerError(RuntimeError):
     """The embedded broker could not be found or did not start."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", span: int = 1) -> int:
+    """A port the OS says is free now, with the ``span - 1`` ports after it free too.
+
+    Why the span: a split worker's ingest process listens on the worker's port + 1, and a port
+    the OS handed out says nothing about its neighbour (a client socket may hold it).
+    """
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if all(_bindable(host, p) for p in range(port, port + span)):
+            return port
+    raise OSError(f"no {span} adjacent free ports on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def broker_binary() -> str:

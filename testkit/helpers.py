@@ -39,7 +39,7 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, log_dir: Path, name: str = "worker", *args: str, **env_extra: str) -> None:
         self.args = args  # e.g. "--split"
-        self.port = free_port()
+        self.port = free_port(span=2 if "--split" in args else 1)  # --split: ingest listens on port + 1
         self.settings = settings.model_copy(update={"web_port": self.port})
         self.log_path = log_dir / f"{name}-{self.port}.log"
         self.env = {**settings_env(self.settings), **env_extra}
@@ -56,18 +56,28 @@ class WorkerProcess:
             with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}{path}", timeout=2) as resp:
                 body = resp.read()
                 return resp.status, (json.loads(body) if path != "/metrics" else body.decode())
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
+        except urllib.error.HTTPError as exc:  # a 503 /ready still says why in its body
+            try:
+                return exc.code, json.loads(exc.read())
+            except ValueError:
+                return exc.code, None
         except OSError:
             return 0, None
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 60, port: int | None = None) -> None:
+        """Until ``/ready`` (on ``port``, default the worker's) answers 200; on timeout say why it did not."""
+        last: list[tuple[int, Any]] = []
+
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-            return self.get("/ready")[0] == 200
+            last[:] = [self.get("/ready", port)]
+            return last[0][0] == 200
 
-        wait_until(ready, timeout, what="worker /ready")
+        try:
+            wait_until(ready, timeout, what=f"worker /ready on port {port or self.port}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last answer {last}\n{self.logs()[-6000:]}") from None
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -64,7 +64,7 @@ def test_split_worker_matches_the_oracle_and_stops_as_one(
     try:
         worker.wait_ready()
         ingest_port = worker.port + 1
-        wait_until(lambda: worker.get("/ready", ingest_port)[0] == 200, 60, what="ingest process /ready")
+        worker.wait_ready(port=ingest_port)
         stages = _stages(worker)
         children = list(stages.values())
         produce_events(settings, produced)
