@@ -1,12 +1,15 @@
 """Where a worker's time goes: py-spy samples of one saturated worker, classified into a per-event cost table.
 
-    python -m bench.profile [--events 60000] [--users 10000] [--rate R --seconds S] [--sample-rate 100] [--quick]
+    python -m bench.profile [--events 60000] [--users 10000] [--envelope N] [--rate R --seconds S]
+                            [--sample-rate 100] [--quick]
 
 Catch-up (the default): ``--events`` synthetic events are pre-produced like ``bench.throughput``, one real
 ``interest worker`` starts, and from its first applied event until its group committed everything (or
 ``--seconds``) ``py-spy record --format raw --threads --nonblocking`` samples it.  ``--rate R`` instead
 produces R events/s for ``--seconds`` while the worker runs.  Each sampled stack gets one category: the
 category of the innermost frame that a rule of ``RULES`` matches (``classify``, a pure function).
+``--envelope N`` packs the catch-up's events N per message (as ``bench.throughput --envelopes``), to see
+where an envelope catch-up's time goes once the per-message work is amortised.
 
 Per event: each Python thread's CPU time over the window (``/proc/<pid>/task/*/stat``) is split by that
 thread's sample shares, CPU of threads py-spy never sampled (onnxruntime's intra-op pool) is its own row,
@@ -103,9 +106,11 @@ RULES: tuple[Rule, ...] = (
          under=INGEST),
     Rule("faust per-message", r"raw_batch|" + FAUST, "Faust's stream, channel and ack per raw message",
          under=INGEST),
-    Rule("faust per-message", r"IngestStage\.(consume|run) ", "the ingest stage's own loop around a batch"),
+    Rule("faust per-message", r"IngestStage\.consume ", "the Faust ingest agent's loop around take_events"),
     Rule("faust per-message", r"_to_message|on_message|create_event|\.ack \(|put_nowait|TopicBuffer",
          "per message, either topic: a Faust Message per record, the conductor's dispatch, the stream queue"),
+    Rule("ingest batch", r"\(streams/raw_reader\.py\)|\(heapq\.py\)|IngestStage\.run ",
+         "the ingest stage's own loop around a batch; the batch reader's merge by time and offsets"),
     Rule("consumer fetch", FAUST, "Faust's fetch loop (_drain_messages: getmany through its consumer thread)",
          under=r"_drain_messages|Fetcher\._fetcher|ServiceThread\._start_thread"),
     Rule("faust per-message", FAUST, "the rest of Faust: streams, channels and events of both topics"),
@@ -129,9 +134,10 @@ RULES: tuple[Rule, ...] = (
          weak=True),
 )
 NATIVE = "encode: onnx threads"
-ORDER = ["decode", "adapters", "routing", "faust per-message", "consumer fetch", "envelope produce", "second hop",
-         "merge", "store read", "encode: featurize", "encode: onnx run", NATIVE, "encode: interests", "store write",
-         "commit", "metrics", "model watch", "event loop", "idle", "other"]
+ORDER = ["decode", "adapters", "routing", "faust per-message", "consumer fetch", "ingest batch",
+         "envelope produce", "second hop", "merge", "store read", "encode: featurize", "encode: onnx run",
+         NATIVE, "encode: interests", "store write", "commit", "metrics", "model watch", "event loop", "idle",
+         "other"]
 _COMPILED = [(rule, re.compile(rule.frame), re.compile(rule.under) if rule.under else None) for rule in RULES]
 SCAFFOLD = re.compile(r"\((asyncio|concurrent|typer|click|mode|faust/(cli|worker|app))/|\(<frozen runpy>\)|"
                       r"\(threading\.py\)|^<module>|\(interest/(cli|worker_cmd)\.py\)|^Agent\._execute_actor|"
@@ -311,6 +317,7 @@ def _plot(report: dict[str, Any], lines: list[str], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60_000, help="catch-up: events pre-produced")
+    parser.add_argument("--envelope", type=int, default=1, help="catch-up: events per message")
     parser.add_argument("--rate", type=float, default=None, help="produce this many events/s instead (live)")
     parser.add_argument("--seconds", type=float, default=None, help="profile at most this long (live: 30)")
     parser.add_argument("--users", type=int, default=10_000)
@@ -329,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     directory = out_dir(args.out_dir, "profile")
     registry = args.registry or str(Path(args.out_dir) / "registry")
     report: dict[str, Any] = {"bench": "profile", "command": command("profile", argv), "machine": machine(),
-                              "mode": f"{args.rate:g} events/s" if live else f"catch-up of {args.events} events",
+                              "mode": f"{args.rate:g} events/s" if live else f"catch-up of {args.events} events"
+                              + (f" in envelopes of {args.envelope}" if args.envelope > 1 else ""),
                               "users": args.users, "sample_rate": args.sample_rate, "quick": args.quick}
     report["model_version"] = ensure_model(registry, args.quick)
     raw = directory / "stacks.txt"
@@ -340,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         events = synthetic(args.events if not live else int(args.rate * seconds), args.users, args.items, args.seed)
         produced: dict[str, Any] = {}
         if not live:
-            produced = produce(settings, events)
+            produced = produce(settings, events, envelope=args.envelope)
             say(f"produced {produced['events']} events in {produced['messages']} messages")
         proc = Proc.worker(settings, directory / "worker.log")
         spy: subprocess.Popen[bytes] | None = None

@@ -12,6 +12,7 @@ LOOP = "run_forever (asyncio/base_events.py);_run_once (asyncio/base_events.py);
 INGEST = f"{LOOP};ingest (streams/app.py);IngestStage.consume (streams/stages.py);IngestStage.run (streams/stages.py)"
 UPDATE = (f"{LOOP};update (streams/app.py);UpdateStage.consume (streams/stages.py);UpdateStage.run (streams/stages.py);"
           "UpdateStage._update_with_retries (streams/stages.py);ProfileUpdater.process (streams/updater.py)")
+READER = f"{LOOP};ingest_reader (streams/app.py);RawReader.run (streams/raw_reader.py)"
 POOL = ("Thread._bootstrap (threading.py);Thread.run (threading.py);_worker (concurrent/futures/thread.py);"
         "_WorkItem.run (concurrent/futures/thread.py)")
 
@@ -32,6 +33,14 @@ POOL = ("Thread._bootstrap (threading.py);Thread.run (threading.py);_worker (con
      "envelope produce"),
     ("IngestStage.consume (streams/stages.py);take_events (faust/streams.py);__anext__ (faust/channels.py)",
      "faust per-message"),
+    (f"{READER};to_messages (streams/raw_reader.py);merge (heapq.py);<lambda> (streams/raw_reader.py)",
+     "ingest batch"),
+    (f"{READER};RawReader._fetched (streams/raw_reader.py);next_offsets (streams/raw_reader.py)", "ingest batch"),
+    (f"{READER};AIOKafkaConsumer.getmany (aiokafka/consumer/consumer.py);Fetcher.fetched_records "
+     "(aiokafka/consumer/fetcher.py)", "consumer fetch"),
+    (f"{READER};RawReader._fetched (streams/raw_reader.py);IngestStage.run (streams/stages.py);"
+     "IngestStage.decode (streams/stages.py);Normalizer.decode (schemas/normalize.py);"
+     "decode_json (schemas/normalize.py)", "decode"),
     (f"{UPDATE.split(';ProfileUpdater')[0]};decode_envelope (schemas/records.py);_from_wire (schemas/records.py);"
      "CanonicalEvent.from_dict (schemas/events.py)", "second hop"),
     ("update (streams/app.py);UpdateStage.consume (streams/stages.py);take_events (faust/streams.py)", "second hop"),
