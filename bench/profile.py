@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--registry", default=None, help="bench model registry (default OUT_DIR/registry)")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     args = parser.parse_args(argv)
+    if args.envelope < 1 or (args.envelope > 1 and args.rate is not None):
+        parser.error("--envelope takes N >= 1 and packs a catch-up's events; a live --rate sends one per message")
     if args.quick:
         args.events, args.users, args.items = min(args.events, 5_000), min(args.users, 500), min(args.items, 600)
     live = args.rate is not None
