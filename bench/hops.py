@@ -20,11 +20,14 @@ Scrape = dict[str, Buckets]  # "stage_arrival{ingest}" ... -> buckets
 
 HOPS = {("interest_stage_arrival_seconds_bucket", "ingest"): "to_ingest",
         ("interest_stage_arrival_seconds_bucket", "update"): "to_update",
-        ("interest_produced_to_written_seconds_bucket", None): "to_written"}
+        ("interest_produced_to_written_seconds_bucket", None): "to_written",
+        # Per update batch, not per event: whether the update's own steps or the waits around them hold it.
+        ("interest_encode_seconds_bucket", None): "encode_per_batch",
+        ("interest_store_write_seconds_bucket", None): "store_write_per_batch"}
 
 
 def parse(text: str) -> Scrape:
-    """The three histograms' cumulative buckets from a Prometheus text page (label order does not matter)."""
+    """The histograms' cumulative buckets from a Prometheus text page (label order does not matter)."""
     out: Scrape = defaultdict(dict)
     for line in text.splitlines():
         name, brace, rest = line.partition("{")
@@ -68,9 +71,9 @@ def quantile(buckets: Buckets, q: float) -> float | None:
 
 
 def between(before: Scrape, after: Scrape) -> dict[str, dict[str, float | int | None]]:
-    """Per hop: samples and bucket-bound p50/p99 (ms) of what was observed between two scrapes."""
+    """Per hop (and per-batch step): samples and bucket-bound p50/p99 (ms) observed between two scrapes."""
     out: dict[str, dict[str, float | int | None]] = {}
-    for hop in ("to_ingest", "to_update", "to_written"):
+    for hop in HOPS.values():
         now, then = after.get(hop, {}), before.get(hop, {})
         delta = {le: now[le] - then.get(le, 0.0) for le in now}
         count = int(max(delta.values(), default=0))

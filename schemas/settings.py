@@ -139,7 +139,13 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=0, le=65535)
     web_host: str = "0.0.0.0"
     batch_size: int = Field(2000, ge=1, le=1_000_000, description="Max messages per micro-batch")
-    batch_wait_ms: int = Field(50, ge=1, le=60_000, description="Max wait to fill a micro-batch")
+    batch_wait_ms: int = Field(50, ge=1, le=60_000, description="Max wait to fill an ingest micro-batch")
+    update_batch_wait_ms: int = Field(
+        3, ge=1, le=60_000,
+        description="Max wait to fill an update batch once the last one is done: the person topic carries "
+        "envelopes the ingest stage already batched, and events wait for the running batch anyway, so a "
+        "longer wait only adds latency (a busy stage still takes big batches)",
+    )
     update_batch_envelopes: int = Field(
         128, ge=1, le=10_000,
         description="Person-topic messages per update batch (each <= 500 records): bounds a catch-up's memory",

@@ -56,3 +56,20 @@ def test_the_worker_observes_each_event_from_its_produce_time() -> None:
     hops = between(before, parse(generate_latest().decode()))
     assert hops["to_update"]["samples"] == 2  # events without a produce time are not samples
     assert hops["to_update"]["p50_le_ms"] == 150.0
+
+
+def test_the_update_steps_per_batch_come_with_the_hops() -> None:
+    """Encode and store write per batch: whether the update's own steps or the waits around them hold a rate."""
+    registry = CollectorRegistry()
+    encode = Histogram("interest_encode_seconds", "x", registry=registry,
+                       buckets=metrics.ENCODE_SECONDS._upper_bounds[:-1])
+    write = Histogram("interest_store_write_seconds", "x", registry=registry,
+                      buckets=metrics.STORE_WRITE_SECONDS._upper_bounds[:-1])
+    before = parse(generate_latest(registry).decode())
+    for _ in range(9):
+        encode.observe(0.02)
+        write.observe(0.004)
+    write.observe(0.3)
+    hops = between(before, parse(generate_latest(registry).decode()))
+    assert hops["encode_per_batch"] == {"samples": 9, "p50_le_ms": 25.0, "p99_le_ms": 25.0}
+    assert hops["store_write_per_batch"] == {"samples": 10, "p50_le_ms": 5.0, "p99_le_ms": 500.0}
