@@ -114,14 +114,14 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     person_topic = app.topic(settings.person_topic, partitions=settings.person_partitions,
                              key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
-    @app.task
+    @app.early_task  # alongside Faust's first group join, not after it
     async def start_context() -> None:
         await retry_forever("store open", ctx.backoff, ctx.start)
 
     if settings.runs_ingest and settings.ingest_reader == "batch":
         reader = ctx.reader = RawReader(settings, ctx.ingest, lambda: bool(app.should_stop))
 
-        @app.task
+        @app.early_task  # its own group's join runs alongside Faust's
         async def ingest_reader() -> None:
             await ctx.ready.wait()
             await reader.run()
