@@ -29,7 +29,8 @@ log = logging.getLogger("bench.passthrough")
 
 def create_app(settings: Settings) -> faust.App:
     """The minimal app: one agent over the raw topics and identity links, same Faust settings as the worker."""
-    app = faust_tuning.lean_app(settings)
+    # A Faust agent over the raw topics, as a worker with ``ingest_reader=faust`` has: its stream buffer too.
+    app = faust_tuning.lean_app(settings, stream_buffer_maxsize=faust_tuning.stream_buffer(settings, reads_raw=True))
     topic = app.topic(*settings.raw_topics(), settings.identity_topic,
                       key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     counts = {"messages": 0, "events": 0}

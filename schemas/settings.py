@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         description="sys.setswitchinterval of a worker process: how long a thread (encode, store) keeps the GIL "
         "before the event loop gets it back; Python's default is 5",
     )
+    malloc_arena_max: int = Field(
+        2, ge=0, le=1024,
+        description="glibc malloc arenas of a worker process (M_ARENA_MAX; 0: glibc's default, 8 per core): "
+        "each thread that allocates (encode lanes, store, fetch) otherwise gets arenas of its own",
+    )
     gc_thresholds: tuple[int, int, int] = Field(
         (50_000, 50, 1000),
         description="gc.set_threshold of a worker process (JSON list); Python's default (700, 10, 10) stops the "
