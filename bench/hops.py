@@ -23,7 +23,11 @@ HOPS = {("interest_stage_arrival_seconds_bucket", "ingest"): "to_ingest",
         ("interest_produced_to_written_seconds_bucket", None): "to_written",
         # Per update batch, not per event: whether the update's own steps or the waits around them hold it.
         ("interest_encode_seconds_bucket", None): "encode_per_batch",
-        ("interest_store_write_seconds_bucket", None): "store_write_per_batch"}
+        ("interest_store_write_seconds_bucket", None): "store_write_per_batch",
+        # The collector stops both stages: whether a rate's tail is a pause of the whole process.
+        ("interest_gc_pause_seconds_bucket", "0"): "gc_pause_gen0",
+        ("interest_gc_pause_seconds_bucket", "1"): "gc_pause_gen1",
+        ("interest_gc_pause_seconds_bucket", "2"): "gc_pause_gen2"}
 
 
 def parse(text: str) -> Scrape:
@@ -36,7 +40,7 @@ def parse(text: str) -> Scrape:
         labels_text, _, value = rest.rpartition("} ")
         labels = dict(part.split("=", 1) for part in labels_text.split(",") if "=" in part)
         labels = {k: v.strip('"') for k, v in labels.items()}
-        hop = HOPS.get((name, labels.get("stage")))
+        hop = HOPS.get((name, labels.get("stage", labels.get("generation"))))
         if hop is not None and "le" in labels:
             le = labels["le"]
             out[hop][math.inf if le == "+Inf" else float(le)] = float(value)

@@ -77,6 +77,7 @@ def run_worker(settings: object) -> None:
     import faust
 
     from schemas.settings import Settings
+    from streams import metrics
     from streams.app import create_app
     from streams.kafka_config import KafkaConfigError, check_kafka_access, ensure_topics, worker_topics
 
@@ -107,6 +108,7 @@ def run_worker(settings: object) -> None:
     # ~200 ms with the event loop stopped, collecting ~170 objects: the cached windows are mostly
     # acyclic and live long.  Rarer young and full passes halved freshness p99 (README, "Measured").
     gc.set_threshold(*settings.gc_thresholds)
+    metrics.watch_gc()  # every pause on /metrics: they stop both stages
     app, _ = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -6,6 +6,7 @@ DLQ rate by reason, store-unavailable retries, refused model versions.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable
 
@@ -64,6 +65,31 @@ MODEL_LOAD_SECONDS = Histogram(
     "interest_model_load_seconds", "Verify + load + warm-up of a new model version",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
+
+# The collector stops every thread that needs the GIL, the event loop included: a pause here is a pause
+# of both stages.  Fine at the bottom, where young collections are.
+GC_PAUSE = Histogram(
+    "interest_gc_pause_seconds", "Garbage collection pauses", ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def watch_gc() -> None:
+    """Observe every collection's pause in ``GC_PAUSE`` (idempotent: one callback per process)."""
+    if _gc_callback in gc.callbacks:
+        return
+    gc.callbacks.append(_gc_callback)
+
+
+_gc_started: list[float] = [0.0]
+
+
+def _gc_callback(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    elif _gc_started[0]:
+        GC_PAUSE.labels(str(info.get("generation", -1))).observe(time.perf_counter() - _gc_started[0])
+        _gc_started[0] = 0.0
 
 
 def observe_arrivals(stage: str, produced_ms: Iterable[int | None]) -> None:

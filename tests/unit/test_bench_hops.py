@@ -73,3 +73,24 @@ def test_the_update_steps_per_batch_come_with_the_hops() -> None:
     hops = between(before, parse(generate_latest(registry).decode()))
     assert hops["encode_per_batch"] == {"samples": 9, "p50_le_ms": 25.0, "p99_le_ms": 25.0}
     assert hops["store_write_per_batch"] == {"samples": 10, "p50_le_ms": 5.0, "p99_le_ms": 500.0}
+
+
+def test_a_collection_is_a_pause_on_the_page_by_generation() -> None:
+    """The worker's collector pauses stop both stages; each one is observed, by generation."""
+    import gc
+
+    metrics.watch_gc()
+    metrics.watch_gc()  # idempotent: one observation per collection, not two
+    gc.disable()  # only the collections asked for below (explicit ones still call the callbacks)
+    try:
+        before = parse(generate_latest().decode())
+        gc.collect(2)
+        gc.collect(0)
+        gc.collect(0)
+        hops = between(before, parse(generate_latest().decode()))
+    finally:
+        gc.enable()
+    assert hops["gc_pause_gen2"]["samples"] == 1
+    assert hops["gc_pause_gen0"]["samples"] == 2
+    assert hops["gc_pause_gen1"]["samples"] == 0
+    assert hops["gc_pause_gen2"]["p99_le_ms"] is not None
