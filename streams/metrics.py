@@ -74,6 +74,11 @@ GC_PAUSE = Histogram(
 )
 
 
+# Bound once, here: the callback must not call ``labels()``, whose lock a scrape holds while it copies the
+# children (an allocation that can start a collection on that very thread: a deadlock on a plain Lock).
+_GC_PAUSE_BY_GENERATION = {generation: GC_PAUSE.labels(str(generation)) for generation in range(3)}
+
+
 def watch_gc() -> None:
     """Observe every collection's pause in ``GC_PAUSE`` (idempotent: one callback per process)."""
     if _gc_callback in gc.callbacks:
@@ -88,7 +93,9 @@ def _gc_callback(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _gc_started[0] = time.perf_counter()
     elif _gc_started[0]:
-        GC_PAUSE.labels(str(info.get("generation", -1))).observe(time.perf_counter() - _gc_started[0])
+        child = _GC_PAUSE_BY_GENERATION.get(info.get("generation", -1))
+        if child is not None:  # a child's observe only adds floats under its lock: no allocation to collect
+            child.observe(time.perf_counter() - _gc_started[0])
         _gc_started[0] = 0.0
 
 

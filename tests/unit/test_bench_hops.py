@@ -94,3 +94,24 @@ def test_a_collection_is_a_pause_on_the_page_by_generation() -> None:
     assert hops["gc_pause_gen0"]["samples"] == 2
     assert hops["gc_pause_gen1"]["samples"] == 0
     assert hops["gc_pause_gen2"]["p99_le_ms"] is not None
+
+
+def test_a_collection_while_a_scrape_holds_the_metrics_lock_does_not_wait_for_it() -> None:
+    """A scrape copies the pause metric's children under its (non-reentrant) lock, and that copy can start a
+    collection on the scraping thread: the callback must never need that lock, or the worker would hang."""
+    import gc
+    import threading
+
+    metrics.watch_gc()
+    done = threading.Event()
+
+    def collect() -> None:
+        gc.collect(0)
+        done.set()
+
+    worker = threading.Thread(target=collect, daemon=True)
+    with metrics.GC_PAUSE._lock:  # what ``_multi_samples`` holds during a scrape
+        worker.start()
+        finished = done.wait(5)
+    worker.join(5)
+    assert finished, "the collector's callback waited for the metric's lock"
