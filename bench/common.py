@@ -154,8 +154,8 @@ QUICK_SETTINGS: dict[str, Any] = {"session_timeout_s": 3.0, "heartbeat_interval_
 
 def knobs(settings: Settings) -> dict[str, Any]:
     """The worker settings a throughput number depends on."""
-    keys = ("batch_size", "batch_wait_ms", "update_batch_wait_ms", "person_partitions", "topic_partitions", "seq_len",
-            "session_timeout_s", "use_gpu")
+    keys = ("batch_size", "batch_wait_ms", "update_batch_wait_ms", "update_batch_envelopes", "person_partitions",
+            "topic_partitions", "seq_len", "session_timeout_s", "malloc_arena_max", "use_gpu")
     return {k: getattr(settings, k) for k in keys} | {"store": "sqlite"}
 
 

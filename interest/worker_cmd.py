@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -61,7 +61,7 @@ def limit_malloc_arenas(count: int) -> bool:
     if count <= 0:
         return False
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: libc is among them, no ldconfig run
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_ARENA_MAX, count))
@@ -82,12 +82,14 @@ def run_worker(settings: object) -> None:
     from streams.kafka_config import KafkaConfigError, check_kafka_access, ensure_topics, worker_topics
 
     assert isinstance(settings, Settings)
-    # First, before the threads that would each take arenas of their own: with glibc's default the peak
-    # RSS of a 200 000-event catch-up was 525-668 MB over four runs, with 2 arenas 475-482 (bench.memory).
-    arenas_limited = limit_malloc_arenas(settings.malloc_arena_max)
+    # Before the stages' threads start, which would each take arenas of their own: with glibc's default the
+    # peak RSS of a 200 000-event catch-up was 525 and 596 MB, with 2 arenas 475-490 in four runs (bench.memory).
+    # An operator's MALLOC_ARENA_MAX (read by glibc itself) wins.
+    arenas_limited = "MALLOC_ARENA_MAX" not in os.environ and limit_malloc_arenas(settings.malloc_arena_max)
     configure_logging(settings.log_level)
     if settings.malloc_arena_max and not arenas_limited:
-        logging.getLogger("interest.worker").info("no glibc mallopt here: INTEREST_MALLOC_ARENA_MAX is not applied")
+        logging.getLogger("interest.worker").info(
+            "INTEREST_MALLOC_ARENA_MAX is not applied (MALLOC_ARENA_MAX is set, or this is not glibc)")
     redact_secrets_in_logs([v.get_secret_value() for v in (settings.kafka_sasl_password, settings.cassandra_password)
                             if v is not None])
     check_store(settings)

@@ -164,6 +164,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
         parts = [tp.partition for tp in revoked if tp.topic == settings.person_topic]
         ctx.updater.drop_partitions(parts)
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        ctx.updater.own_partitions([tp.partition for tp in assigned if tp.topic == settings.person_topic])
+
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

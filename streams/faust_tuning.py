@@ -65,8 +65,9 @@ class LeanApp(faust.App):
         return fn
 
     async def on_started(self) -> None:
-        for fn in self.__dict__.get("_interest_early_tasks", []):
-            self.add_future(fn())  # tracked like Faust's own tasks: cancelled when the app stops
+        if not self.should_stop:  # mode calls on_started even when a stop cut the start of the children short
+            for fn in self.__dict__.get("_interest_early_tasks", []):
+                self.add_future(fn())  # tracked like Faust's own tasks: cancelled when the app stops
         await super().on_started()
 
 
@@ -99,7 +100,7 @@ def stream_buffer(settings: Settings, reads_raw: bool) -> int:
 
     Why: with the batch reader Faust's only stream is the person topic, whose messages are envelopes of up
     to 500 records.  The ingest side then outruns the update stage in a catch-up, and Faust's default of 4 096
-    buffered envelopes held ~150 MB more at the peak of a 200 000-event catch-up (``bench.memory``).  Two
+    buffered envelopes held 50-100 MB more at the peak of a 200 000-event catch-up (``bench.memory``).  Two
     update batches of envelopes keep the stage fed; the raw topics' single-event messages need the larger one.
     """
     if reads_raw:

@@ -108,6 +108,7 @@ class RawReader:
         self.consumer: AIOKafkaConsumer | None = None
         self._done = asyncio.Event()
         self._stop = False
+        self._started = False
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -129,6 +130,10 @@ class RawReader:
 
     async def run(self) -> None:
         """Until ``stop``: fetch, then deliver and commit it batch by batch.  Nothing escapes but cancellation."""
+        if self._stop:  # told to stop before it began (a SIGTERM while the store or the model was opening)
+            self._done.set()
+            return
+        self._started = True
         try:
             self.consumer = self._make_consumer()
             topics = [*self.settings.raw_topics(), self.settings.identity_topic]
@@ -182,6 +187,8 @@ class RawReader:
     async def stop(self, grace_s: float) -> None:
         """Finish the batch in flight (delivered and committed), then leave the group."""
         self._stop = True
+        if not self._started:  # nothing fetched, nothing to finish: ``run`` returns at once if it starts later
+            return
         try:
             await asyncio.wait_for(self._done.wait(), grace_s)
         except TimeoutError:

@@ -194,7 +194,13 @@ class ProfileUpdater:
 
     ``caches[partition][person]`` is valid only while this worker owns the
     partition: ``drop_partitions`` is called on revocation, and the next
-    owner reads the store.
+    owner reads the store.  Once ``own_partitions`` was called, only owned
+    partitions are cached: a record of a revoked partition that Faust still
+    hands over after the revocation (a put parked on a full stream buffer
+    outlives the buffer's clearing) is applied through the store, which keeps
+    the newer window, but never cached; a cache of it would be stale when the
+    partition came back, and the next batch would write that stale window over
+    what the other owner wrote meanwhile.
     """
 
     def __init__(
@@ -217,13 +223,29 @@ class ProfileUpdater:
         self.person_topic = settings.person_topic
         self.partitions = settings.person_partitions
         self.caches: dict[int, dict[str, PersonState]] = {}
+        self.owned: set[int] | None = None  # None: no assignment told yet (a test, a tool): cache every partition
 
     def partition_of(self, person_id: str) -> int:
         return person_partition(person_id, self.partitions)
 
+    def own_partitions(self, partitions: Sequence[int]) -> None:
+        """The person partitions owned from now on (a whole assignment): the caches of any other go."""
+        owned = set(partitions)
+        for part in [p for p in self.caches if p not in owned]:
+            del self.caches[part]
+        self.owned = owned
+
     def drop_partitions(self, partitions: Sequence[int]) -> None:
         for part in partitions:
             self.caches.pop(part, None)
+            if self.owned is not None:
+                self.owned.discard(part)
+
+    def _cache_of(self, person_id: str) -> dict[str, PersonState] | None:
+        part = self.partition_of(person_id)
+        if self.owned is not None and part not in self.owned:
+            return None
+        return self.caches.setdefault(part, {})
 
     def cached_people(self) -> int:
         return sum(len(c) for c in self.caches.values())
@@ -408,7 +430,9 @@ class ProfileUpdater:
         """Step 5: only now, with the store's acknowledgement, does the cache move on."""
         done = int(time.time() * 1000)
         for state in work.changed:
-            self.caches.setdefault(self.partition_of(state.person_id), {})[state.person_id] = state
+            cache = self._cache_of(state.person_id)
+            if cache is not None:
+                cache[state.person_id] = state
             work.report.written.append(state.person_id)
             work.report.freshness_ms.append(float(done - state.last_ts_ms))
             produced = work.produced.get(state.person_id)

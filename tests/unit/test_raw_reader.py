@@ -68,3 +68,19 @@ def test_a_record_without_timestamp_keeps_its_place_and_reads_as_unknown() -> No
     messages = to_messages({tp: [Rec(0, -1), Rec(1, 5)]})
     assert [m.source.offset for m in messages] == [0, 1]
     assert messages[0].produced_ms is None and messages[1].produced_ms == 5
+
+
+def test_a_reader_told_to_stop_before_it_began_never_joins_and_does_not_wait_out_the_grace() -> None:
+    """A SIGTERM while the store or the model is still opening: nothing was fetched, so nothing to finish."""
+    import asyncio
+
+    from schemas.settings import Settings
+    from streams.raw_reader import RawReader
+
+    async def go() -> RawReader:
+        reader = RawReader(Settings(), stage=None, stopping=lambda: False)  # type: ignore[arg-type]
+        await asyncio.wait_for(reader.stop(grace_s=60), timeout=10)  # not the 60 s grace
+        await asyncio.wait_for(reader.run(), timeout=10)  # the ready wait ended after the stop
+        return reader
+
+    assert asyncio.run(go()).consumer is None  # no consumer made, no group joined

@@ -6,7 +6,10 @@ it rests on.
 
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -28,9 +31,41 @@ def test_a_faust_agent_on_the_raw_topics_keeps_the_large_buffer() -> None:
     assert lean_app(update_only).conf.stream_buffer_maxsize == 200  # it reads the person topic only
 
 
+# A fresh process: threads that allocate at once, then glibc's own report of its heaps (one per arena).
+ARENAS = """
+import ctypes, sys, tempfile, threading
+from interest.worker_cmd import limit_malloc_arenas
+applied = limit_malloc_arenas(int(sys.argv[1]))
+def churn():
+    for _ in range(200):
+        junk = [bytearray(4096) for _ in range(200)]
+        del junk
+threads = [threading.Thread(target=churn) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile("r") as out:
+    stream = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    print(applied, out.read().count("<heap nr="))
+"""
+
+
+def _arenas(cap: int) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run([sys.executable, "-c", ARENAS, str(cap)], capture_output=True, text=True, env=env,
+                         check=True, timeout=60).stdout.split()
+    return out[0], int(out[1])
+
+
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_the_arena_cap_is_applied_on_glibc() -> None:
-    assert limit_malloc_arenas(2) is True
+def test_the_arena_cap_holds_threads_that_allocate_at_once_to_it() -> None:
+    applied, capped = _arenas(1)
+    assert (applied, capped) == ("True", 1)
+    _, free = _arenas(0)  # glibc's default: the threads got arenas of their own
+    assert free > 1
 
 
 def test_zero_leaves_glibcs_default() -> None:
