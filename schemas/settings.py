@@ -293,6 +293,11 @@ class Settings(BaseSettings):
         return self.worker_stages != "update"
 
     @property
+    def faust_reads_raw(self) -> bool:
+        """A Faust agent of this process reads the raw topics (``ingest_reader=faust``); else the batch reader does."""
+        return self.runs_ingest and self.ingest_reader == "faust"
+
+    @property
     def runs_update(self) -> bool:
         """This process runs the update stage, and so needs the store and the model."""
         return self.worker_stages != "ingest"

@@ -118,7 +118,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
     async def start_context() -> None:
         await retry_forever("store open", ctx.backoff, ctx.start)
 
-    if settings.runs_ingest and settings.ingest_reader == "batch":
+    if settings.runs_ingest and not settings.faust_reads_raw:
         reader = ctx.reader = RawReader(settings, ctx.ingest, lambda: bool(app.should_stop))
 
         @app.early_task  # its own group's join runs alongside Faust's
@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Worker]:
         async def stop_reader(sender: Any, **_: Any) -> None:  # the producer is still up: finish the batch
             await reader.stop(settings.stop_grace_s)
 
-    elif settings.runs_ingest:
+    elif settings.faust_reads_raw:
 
         @app.agent(raw_topic, name="ingest")
         async def ingest(stream: Any) -> None:

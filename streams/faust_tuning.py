@@ -95,7 +95,7 @@ def raw_group(settings: Settings) -> str:
     return settings.app_id
 
 
-def stream_buffer(settings: Settings, reads_raw: bool) -> int:
+def stream_buffer(settings: Settings, reads_raw: bool | None = None) -> int:
     """Messages a Faust stream may hold unprocessed (Faust's back pressure): what its agent reads decides it.
 
     Why: with the batch reader Faust's only stream is the person topic, whose messages are envelopes of up
@@ -103,7 +103,7 @@ def stream_buffer(settings: Settings, reads_raw: bool) -> int:
     buffered envelopes held 50-100 MB more at the peak of a 200 000-event catch-up (``bench.memory``).  Two
     update batches of envelopes keep the stage fed; the raw topics' single-event messages need the larger one.
     """
-    if reads_raw:
+    if settings.faust_reads_raw if reads_raw is None else reads_raw:
         return max(4096, settings.batch_size * 2)
     return max(64, settings.update_batch_envelopes * 2)
 
@@ -129,7 +129,7 @@ def lean_app(settings: Settings, **overrides: Any) -> LeanApp:
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
         "producer_linger": 0.005,
-        "stream_buffer_maxsize": stream_buffer(settings, settings.runs_ingest and settings.ingest_reader == "faust"),
+        "stream_buffer_maxsize": stream_buffer(settings),
         "web_enabled": False,
         "datadir": f"{settings.data_dir}/faust-{group_id(settings)}",
         "table_standby_replicas": 0,
