@@ -282,10 +282,17 @@ class Settings(BaseSettings):
         return env
 
     def child_env(self) -> dict[str, str]:
-        """This process's environment with every ``INTEREST_*`` replaced by these settings (for a child)."""
+        """This process's environment with every ``INTEREST_*`` setting replaced by these settings (for a child).
+
+        The ``INTEREST_TEST_*`` hooks are not settings and pass through: a fault armed for a worker reaches
+        the child whose stage has the crash point.
+        """
         import os
 
-        return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | self.to_env()
+        def kept(key: str) -> bool:
+            return not key.startswith(ENV_PREFIX) or key.startswith(_NOT_SETTINGS)
+
+        return {k: v for k, v in os.environ.items() if kept(k)} | self.to_env()
 
     @property
     def runs_ingest(self) -> bool:

@@ -42,30 +42,52 @@ def test_kill_9_mid_batch_loses_nothing_acknowledged(
     point: str, nth: int, events: int, chaos_settings: Callable[..., Settings], model_registry: tuple[str, str],
     tmp_path: Path,
 ) -> None:
-    _, version = model_registry
-    settings = chaos_settings()
+    _crash_then_restart(point, nth, events, chaos_settings(), model_registry[1], tmp_path)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_9_of_one_split_process_loses_nothing_acknowledged(
+    point: str, chaos_settings: Callable[..., Settings], model_registry: tuple[str, str], tmp_path: Path
+) -> None:
+    """``interest worker --split``: the process whose stage reaches ``point`` dies by SIGKILL mid-batch.
+
+    The update points fire in the update process, the ingest points in the ingest process; the parent then
+    stops the other one and exits 128 + 9, so the pod restarts as one.  The pair started again must end at
+    the oracle, with everything the dead process had acknowledged kept and nothing applied twice.
+    """
+    _crash_then_restart(point, 3, 1200, chaos_settings(), model_registry[1], tmp_path, "--split")
+
+
+def _crash_then_restart(point: str, nth: int, events: int, settings: Settings, version: str, tmp_path: Path,
+                        *args: str) -> None:
     traffic = synthetic(users=events // 20, events=events, seed=31)
     produce_events(settings, traffic.produced)
+    layout = " ".join(args) or "one process"
 
-    victim = WorkerProcess(settings, tmp_path, name=f"crash-{point}", INTEREST_TEST_CRASH_AT=f"{point}:{nth}").start()
+    victim = WorkerProcess(settings, tmp_path, f"crash-{point}", *args, INTEREST_TEST_CRASH_AT=f"{point}:{nth}")
+    victim.start()
     assert victim.proc is not None
     code = victim.proc.wait(timeout=120)
-    assert code == -signal.SIGKILL, f"worker did not die at {point}: exit {code}\n{victim.logs()[-2000:]}"
+    killed = 128 + signal.SIGKILL if args else -signal.SIGKILL  # --split: the parent exits with 128 + signal
+    assert code == killed, f"worker ({layout}) did not die at {point}: exit {code}\n{victim.logs()[-3000:]}"
     assert f"SIGKILL at {point}" in victim.logs()
+    if args:  # the stage that owns the point died, and the parent said so
+        stage = "ingest" if point.startswith("ingest") else "update"
+        assert f"the {stage} process exited with -9" in victim.logs()
     person_topic = [settings.person_topic]
     at_crash = stored_counts(settings, version)
     committed_at_crash = committed(settings, person_topic)
     if point == "after_commit":
         assert committed_at_crash > 0, "the forced commit reached the broker before the kill"
 
-    with WorkerProcess(settings, tmp_path, name=f"restart-{point}") as worker:
+    with WorkerProcess(settings, tmp_path, f"restart-{point}", *args) as worker:
         wait_for_oracle(settings, version, traffic.oracle, timeout=120 if nth < 10 else 600)
-        _, text = worker.get("/metrics")
+        _, text = worker.get("/metrics")  # --split: the update process's port, where these counters live
         duplicates = metric_value(text, "interest_events_duplicate_total")
         applied = metric_value(text, "interest_events_applied_total")
         moved = metric_value(text, "interest_history_moved_total")
     final = stored_counts(settings, version)
-    report(f"kill -9 at {point} (pass {nth})", produced_events=traffic.events, people=len(traffic.oracle),
+    report(f"kill -9 at {point} (pass {nth}, {layout})", produced_events=traffic.events, people=len(traffic.oracle),
            profiles_at_crash=at_crash[0], events_stored_at_crash=at_crash[1],
            person_topic_committed_at_crash=committed_at_crash, applied_after_restart=int(applied),
            duplicates_after_restart=int(duplicates), history_moved_after_restart=int(moved),
