@@ -1,7 +1,7 @@
 """Rolling redeploy under load: replace every worker one at a time, then prove nothing was lost.
 
     python -m bench.rolling [--workers 3] [--rate 300] [--users 1000] [--warmup-s 5] [--settle-s 3]
-                            [--rounds 1] [--surge] [--hold-store-s 0] [--sigkill-last 0]
+                            [--rounds 1] [--surge] [--split] [--hold-store-s 0] [--sigkill-last 0]
                             [--person-partitions 8] [--out-dir data/bench/rolling]
 
 Starts the embedded broker, trains a small model, and runs the harness of
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         value = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--surge", action="store_true", help="start the new worker before stopping the old")
+    parser.add_argument("--split", action="store_true", help="every worker is `interest worker --split`")
     parser.add_argument("--person-partitions", type=int, default=8, help="bounds the useful workers")
     parser.add_argument("--out-dir", default="data/bench/rolling")
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ the update child keeps ``INTEREST_WEB_PORT``, the ingest child serves on the por
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 import sys
@@ -21,6 +22,21 @@ import time
 from schemas.settings import Settings
 
 STOP_GRACE_S = 30.0  # what the parent waits for a child after forwarding a stop, before SIGKILL
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the parent dies (Linux; elsewhere a no-op).
+
+    Why: the parent's own SIGTERM is forwarded, but a parent killed alone (the OOM killer picks the
+    largest process of a cgroup, or an operator ``kill -9``s the wrong pid) cannot forward anything, and
+    its children would go on as orphans holding the group's partitions.  With this they finish their
+    batch in flight and leave the group, as on any stop.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def child_env(settings: Settings, stage: str) -> dict[str, str]:
@@ -76,7 +92,7 @@ def run_split(settings: Settings) -> int:
         print(f"interest worker --split: the ingest group starts from {settings.app_id}'s offsets on {seeded} "
               "raw partitions", file=sys.stderr)
     children = {stage: subprocess.Popen([sys.executable, "-m", "interest.cli", "worker"],
-                                        env=child_env(settings, stage))
+                                        env=child_env(settings, stage), preexec_fn=stop_with_parent)
                 for stage in ("update", "ingest")}
     stopping = False
 

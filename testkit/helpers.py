@@ -64,8 +64,22 @@ class WorkerProcess:
         except OSError:
             return 0, None
 
+    @property
+    def ports(self) -> list[int]:
+        """Where the worker serves: ``--split`` has the update process on the port, the ingest one after it."""
+        return [self.port, self.port + 1] if "--split" in self.args else [self.port]
+
+    def ready(self) -> bool:
+        """``/ready`` answers 200 on every port: a split worker is ready when both of its stages are."""
+        return all(self.get("/ready", port)[0] == 200 for port in self.ports)
+
     def wait_ready(self, timeout: float = 60, port: int | None = None) -> None:
-        """Until ``/ready`` (on ``port``, default the worker's) answers 200; on timeout say why it did not."""
+        """Until ``/ready`` (on ``port``; by default every port of the worker) answers 200; on timeout say why not."""
+        if port is None and len(self.ports) > 1:
+            started = time.monotonic()
+            for each in self.ports:
+                self.wait_ready(max(1.0, timeout - (time.monotonic() - started)), port=each)
+            return
         last: list[tuple[int, Any]] = []
 
         def ready() -> bool:
@@ -87,7 +101,11 @@ class WorkerProcess:
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(sig)
+            if sig == signal.SIGKILL:  # what a container kill does: every process of it (a --split worker's children)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            else:  # as Kubernetes does: to the main process only (a --split parent forwards it)
+                proc.send_signal(sig)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

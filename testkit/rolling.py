@@ -18,6 +18,7 @@ benchmark run and judge a rollout the same way.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sqlite3
 import subprocess
@@ -66,6 +67,11 @@ class RollingConfig:
     # The last N replacements SIGKILL the old worker (a pod that overran its grace period): its
     # uncommitted batches are redelivered to the next owner, which must drop them as duplicates.
     sigkill_last: int = 0
+    split: bool = False  # every worker is ``interest worker --split`` (a SIGKILL kills the pod: all three processes)
+
+    @property
+    def worker_args(self) -> tuple[str, ...]:
+        return ("--split",) if self.split else ()
 
 
 @dataclass
@@ -233,7 +239,7 @@ def _sigterm_with_store_locked(
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole pod: a --split worker's children too
         proc.wait()
     worker.proc = None
     return proc.returncode, early
@@ -245,13 +251,13 @@ def run_rolling(settings: Settings, version: str, cfg: RollingConfig, log_dir: P
     ensure_topics(settings, worker_topics(settings))
     monitor = Monitor(settings, cfg.sample_s)
     names = iter(f"w{i}" for i in range(10_000))
-    workers = [WorkerProcess(settings, log_dir, name=next(names)).start() for _ in range(cfg.workers)]
+    workers = [WorkerProcess(settings, log_dir, next(names), *cfg.worker_args).start() for _ in range(cfg.workers)]
     monitor.workers = list(workers)
     load = Load(settings, cfg, monitor)
     replacements: list[Replacement] = []
 
     def all_ready() -> bool:
-        return all(w.get("/ready")[0] == 200 for w in workers)
+        return all(w.ready() for w in workers)
 
     try:
         for w in workers:
@@ -264,7 +270,7 @@ def run_rolling(settings: Settings, version: str, cfg: RollingConfig, log_dir: P
         plan = [i for _ in range(cfg.rounds) for i in range(cfg.workers)]
         for index in plan:
             rep = Replacement(index=len(replacements))
-            old, new = workers[index], WorkerProcess(settings, log_dir, name=next(names))
+            old, new = workers[index], WorkerProcess(settings, log_dir, next(names), *cfg.worker_args)
             if cfg.surge:
                 rep.started_s = monitor.now()
                 new.start()

@@ -1,15 +1,16 @@
 """Rolling redeploy under continuous load loses nothing and applies nothing twice.
 
-Three real worker processes share one consumer group on the embedded broker
-and a SQLite store while a producer thread keeps sending multi-platform
-traffic. Each worker in turn gets SIGTERM, a successor is started and must be
-ready before the next one goes (what a Kubernetes rollout does, one pod at a
-time). The first one gets its SIGTERM while the store is locked for 3 s (it must
-wait, write and commit its batch in flight, not abandon it), the last one is
-SIGKILLed (its uncommitted batches are redelivered and must be dropped as
-duplicates). After the load stops and the group caught up, the store must equal
-the oracle computed from the produced events alone. The harness is
-``testkit/rolling.py``; ``python -m bench.rolling`` runs it at a larger scale.
+Real worker processes share one consumer group on the embedded broker and a
+SQLite store while a producer thread keeps sending multi-platform traffic.
+Each worker in turn gets SIGTERM, a successor is started and must be ready
+before the next one goes (what a Kubernetes rollout does, one pod at a time),
+with one-process workers and with ``--split`` ones. The first one gets its
+SIGTERM while the store is locked for 3 s (it must wait, write and commit its
+batch in flight, not abandon it), the last one is SIGKILLed (its uncommitted
+batches are redelivered and must be dropped as duplicates). After the load
+stops and the group caught up, the store must equal the oracle computed from
+the produced events alone. The harness is ``testkit/rolling.py``;
+``python -m bench.rolling`` runs it at a larger scale.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from schemas.settings import Settings
 from testkit.rolling import RollingConfig, public_report, run_rolling
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-process", "split"])
 def test_replacing_every_worker_under_load_loses_and_duplicates_nothing(
+    split: bool,
     make_settings: Callable[..., Settings],
     model_registry: tuple[str, str],
     tmp_path: Path,
@@ -34,8 +37,10 @@ def test_replacing_every_worker_under_load_loses_and_duplicates_nothing(
     # The default window (50): people with longer histories evict, as in production; the
     # comparison is exact on the kept window and bounded on the counts (testkit.chaos.window_problems).
     settings = make_settings(registry=registry, person_partitions=4)
-    cfg = RollingConfig(workers=3, rate=120.0, users=80, items=300, seed=3, warmup_s=2.0, settle_s=1.0,
-                        catch_up_s=90.0, ready_timeout_s=60.0, stop_timeout_s=40.0,
+    # --split: two pods of three processes each (the parent and one per stage) on the same 2 cores; a pod's
+    # SIGKILL kills all three, its SIGTERM goes to the parent, which forwards it.
+    cfg = RollingConfig(workers=2 if split else 3, split=split, rate=120.0, users=80, items=300, seed=3,
+                        warmup_s=2.0, settle_s=1.0, catch_up_s=90.0, ready_timeout_s=60.0, stop_timeout_s=40.0,
                         hold_store_s=3.0, sigkill_last=1)
     report = run_rolling(settings, version, cfg, tmp_path / "logs")
     counts = public_report(report)
@@ -46,7 +51,7 @@ def test_replacing_every_worker_under_load_loses_and_duplicates_nothing(
             f"{r['freshness_p99_s']} s" for r in counts["replacement_details"]))
 
     detail = json.dumps(counts, indent=1)
-    assert report["replacements"] == 3
+    assert report["replacements"] == cfg.workers
     assert report["broker_messages"] == report["produced_events"] + report["produced_links"], detail
     assert report["people"] > 0 and report["produced_links"] > 0, "load must include identity links"
     first, *_, last = report["replacement_details"]

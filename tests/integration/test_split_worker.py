@@ -134,3 +134,28 @@ def test_switching_to_split_continues_from_the_one_process_offsets(
         ingest_page = worker.get("/metrics", worker.port + 1)[1]
         # Only the new events went through the ingest process: nothing of the first run was replayed.
         assert 0 < metric_value(ingest_page, "interest_events_in_total") <= len(after)
+
+
+def test_when_the_parent_alone_is_killed_its_children_stop_and_leave_no_orphan(
+    make_settings: Any, model_registry: tuple[str, str], tmp_path: Path
+) -> None:
+    """The OOM killer (or a ``kill -9`` of the wrong pid) takes the parent only: it cannot forward anything.
+
+    Its children get SIGTERM from the kernel (``PR_SET_PDEATHSIG``) and stop as on any stop, instead of
+    running on as orphans that hold the group's partitions next to the pod that replaces them.
+    """
+    registry, _ = model_registry
+    settings = make_settings(registry=registry)
+    worker = WorkerProcess(settings, tmp_path, "split-orphan", "--split").start()
+    try:
+        worker.wait_ready()
+        children = _stages(worker)
+        assert worker.proc is not None
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait(timeout=10)
+        for stage, pid in children.items():
+            wait_until(lambda pid=pid: not _alive(pid), 30, what=f"the orphaned {stage} process stopped")
+    finally:
+        worker.stop(signal.SIGKILL)  # the group: nothing is left if the assertion failed
+    logs = worker.logs()
+    assert "ingest batch still in flight" not in logs, logs[-3000:]
