@@ -5,6 +5,11 @@ images' HEALTHCHECK and by docker compose; Kubernetes uses httpGet probes.
 
     python /opt/interest/healthcheck.py            # liveness: /health
     python /opt/interest/healthcheck.py /ready     # readiness: partitions assigned and a model loaded
+    python /opt/interest/healthcheck.py /ready --split   # `interest worker --split`: both stages
+
+``--split``: the update process serves on ``$INTEREST_WEB_PORT`` and the ingest process on the port
+after it; the pod is healthy (ready) only when both are, and one probe (Kubernetes allows one per kind)
+has to ask both.
 """
 
 from __future__ import annotations
@@ -32,5 +37,14 @@ def probe(path: str = "/health", port: int | None = None, timeout: float = 3.0) 
     return 1
 
 
+def main(argv: list[str]) -> int:
+    split = "--split" in argv
+    paths = [a for a in argv if a != "--split"]
+    path = paths[0] if paths else "/health"
+    base = int(os.environ.get("INTEREST_WEB_PORT", "6066"))
+    ports = [base, base + 1] if split else [base]
+    return max(probe(path, port) for port in ports)  # every port is asked: stderr names each failing one
+
+
 if __name__ == "__main__":
-    sys.exit(probe(sys.argv[1] if len(sys.argv) > 1 else "/health"))
+    sys.exit(main(sys.argv[1:]))

@@ -304,3 +304,28 @@ def test_healthcheck_script_follows_the_http_status() -> None:
         sock.bind(("127.0.0.1", 0))
         closed = sock.getsockname()[1]
     assert _run_probe(closed) == 1
+
+
+def test_healthcheck_split_needs_both_processes() -> None:
+    """``--split``: the update process on the port, the ingest one on the port after; both must answer."""
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)]
+    port = servers[0].server_address[1]
+    try:
+        servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", port + 1), _Handler))
+    except OSError:
+        servers[0].server_close()
+        pytest.skip(f"port {port + 1} is taken")
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert _run_probe(port, "/health", "--split") == 0
+        assert _run_probe(port, "/ready", "--split") == 1
+        gone = servers.pop()  # the ingest process is gone: the pod is not healthy
+        gone.shutdown()
+        gone.server_close()
+        assert _run_probe(port, "/health") == 0
+        assert _run_probe(port, "/health", "--split") == 1
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

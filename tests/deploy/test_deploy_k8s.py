@@ -165,7 +165,8 @@ def test_validator_rejects_unknown_fields() -> None:
         kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
 
 
-@pytest.mark.parametrize("target", ["", "overlays/gpu", "overlays/keda", "overlays/prometheus-operator"])
+@pytest.mark.parametrize("target", ["", "overlays/gpu", "overlays/keda", "overlays/prometheus-operator",
+                                    "overlays/split"])
 def test_rendered_kustomization_is_valid(target: str) -> None:
     docs = render(K8S / target)
     crds = []
@@ -197,6 +198,26 @@ def test_gpu_overlay_renders_gpu_workers_only() -> None:
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
 
 
+def test_split_overlay_runs_both_stages_and_probes_and_scrapes_both() -> None:
+    """``interest worker --split`` pods: every probe asks both processes, both metrics ports are scraped."""
+    docs = render(OVERLAYS / "split")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    container = pod_spec(dep)["containers"][0]
+    assert container["args"] == ["worker", "--split"]
+    web_port = int(config_data()["INTEREST_WEB_PORT"])
+    assert port_number(container, "http") == web_port
+    assert port_number(container, "ingest-http") == web_port + 1, "the ingest process serves the port after"
+    for kind, path in (("startupProbe", "/health"), ("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+        probe = container[kind]
+        assert "httpGet" not in probe, f"{kind}: an HTTP probe asks one process only"
+        assert probe["exec"]["command"] == ["python", "/opt/interest/healthcheck.py", path, "--split"]
+    assert float(container["resources"]["requests"]["cpu"]) >= 2, "two event loops want two cores"
+    scraped = {int(d["metadata"]["annotations"]["prometheus.io/port"]) for d in docs
+               if d["kind"] == "Service" and d["metadata"].get("annotations", {}).get("prometheus.io/scrape")}
+    assert scraped == {web_port, web_port + 1}
+    assert pod_spec(dep)["terminationGracePeriodSeconds"] == pod_spec(worker())["terminationGracePeriodSeconds"]
+
+
 def test_keda_overlay_hands_replicas_to_the_autoscaler() -> None:
     docs = render(OVERLAYS / "keda")
     dep = next(d for d in docs if d["kind"] == "Deployment")
@@ -206,7 +227,7 @@ def test_keda_overlay_hands_replicas_to_the_autoscaler() -> None:
 def test_overlay_patches_target_base_objects() -> None:
     """Without kubectl too: each overlay builds on the base and patches objects that exist."""
     names = {(d["kind"], d["metadata"]["name"]) for _, d in base_docs()}
-    for overlay in ("gpu", "keda", "prometheus-operator"):
+    for overlay in ("gpu", "keda", "prometheus-operator", "split"):
         kz = kustomization(OVERLAYS / overlay)
         assert "../../base" in kz["resources"]
         assert kz.get("namespace") == "interest", "objects an overlay adds must land in the namespace too"
