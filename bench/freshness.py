@@ -1,6 +1,6 @@
 """Freshness under load: event produced -> profile readable, at fixed rates and at the highest rate held.
 
-    python -m bench.freshness [--rates 500,2000,5000] [--seconds 15] [--users 10000] [--quick]
+    python -m bench.freshness [--rates 500,2000,5000] [--seconds 15] [--users 10000] [--broker-floor] [--quick]
 
 A real ``interest worker`` runs on the embedded broker and a SQLite store.  This process produces
 single-event messages at a fixed rate (timestamp taken just before ``send``) while a reader thread
@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from bench.broker_floor import BrokerFloor
 from bench.common import (
     BENCH_DIR,
     QUICK_SETTINGS,
@@ -213,10 +214,10 @@ def percentiles(values: list[float], unreadable: int) -> dict[str, float | None]
 
 def run_rate(settings: Settings, tracker: Tracker, traffic: Any, rate: float, seconds: float, drain_s: float,
              probe: bool = False, phase: str | None = None, pause_s: float = 1.0,
-             ports: list[int] | None = None) -> dict[str, Any]:
+             ports: list[int] | None = None, floor: BrokerFloor | None = None) -> dict[str, Any]:
     phase = phase or f"{rate:g}"
     say(f"rate {rate:g} events/s for {seconds:g}s{' (probe)' if probe else ''}")
-    before = scrape(ports or [settings.web_port])
+    before, started = scrape(ports or [settings.web_port]), time.time()
     sent = produce_at(settings, tracker, traffic, rate, seconds, phase)
     produced_by = time.monotonic()
     drained = tracker.wait_drained(phase, drain_s)
@@ -228,6 +229,8 @@ def run_rate(settings: Settings, tracker: Tracker, traffic: Any, rate: float, se
     result = {"rate": rate, "probe": probe, **sent, "readable": len(values), "superseded": superseded,
               "unreadable": unreadable, "drained": drained,
               "drain_s": round(drain, 2) if drained else None, **percentiles(values, unreadable), "hops": hops}
+    if floor is not None:  # the same raw records, read by a consumer with no worker code behind it
+        result["broker_floor"] = floor.between(started, time.time())
     say(f"rate {rate:g}: achieved {sent['achieved_rate']}/s, p50 {result['p50_ms']} p95 {result['p95_ms']} "
         f"p99 {result['p99_ms']} ms; worker p99 <= to ingest {hops['to_ingest']['p99_le_ms']}, to update "
         f"{hops['to_update']['p99_le_ms']}, to written {hops['to_written']['p99_le_ms']} ms")
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--split", action="store_true", help="run each worker as `interest worker --split`")
     parser.add_argument("--no-recovery", action="store_true",
                         help="skip the run at the target rate right after the fastest rate (drain and recovery)")
+    parser.add_argument("--broker-floor", action="store_true",
+                        help="also read the raw topics with a plain consumer: hop 1 without the worker, per rate")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -336,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              directory / f"worker-{i}.log", split=args.split) for i in range(args.workers)]
         ports = [port for p in procs for port in p.ports()]
         tracker = Tracker(settings.sqlite_path(), args.poll_ms / 1000, settings.seq_len)
+        floor = BrokerFloor(settings).start() if args.broker_floor else None
         try:
             for proc in procs:
                 for port in proc.ports():
@@ -351,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for proc in procs:
                     proc.check()
                 return run_rate(settings, tracker, traffic, rate, args.seconds, args.drain_s, probe, phase=phase,
-                                pause_s=0.2 if args.quick else 1.0, ports=ports)
+                                pause_s=0.2 if args.quick else 1.0, ports=ports, floor=floor)
 
             results = [run(rate) for rate in rates]
             if not args.no_recovery and max(rates, default=0) > TARGET_RATE:
@@ -365,6 +371,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["person_partitions_by_worker"] = [assigned(p.ports()[0], settings.person_topic) for p in procs]
             report["worker_peak_rss_mb"] = [round(proc.rss_mb()[1], 1) for proc in procs]
         finally:
+            if floor is not None:
+                floor.stop()
             tracker.stop.set()
             for proc in procs:
                 proc.stop()

@@ -72,8 +72,8 @@ def test_throughput(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture
 def test_freshness(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.freshness import main
 
-    report = run_bench(main, ["--quick", "--workers", "2", "--out-dir", str(tmp_path), "--registry", registry],
-                       capsys)
+    report = run_bench(main, ["--quick", "--workers", "2", "--broker-floor", "--out-dir", str(tmp_path),
+                              "--registry", registry], capsys)
     assert [r["rate"] for r in report["rates"]] == [200.0, 500.0]
     for run in report["rates"]:
         assert run["events"] > 0 and run["achieved_rate"] > 0
@@ -82,6 +82,10 @@ def test_freshness(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[
         # Both workers' histograms together saw every produced event arrive at each stage.
         assert run["hops"]["to_ingest"]["samples"] == run["hops"]["to_update"]["samples"] == run["events"]
         assert run["hops"]["to_ingest"]["p50_le_ms"] <= run["hops"]["to_update"]["p50_le_ms"]
+        # The plain reader of the same raw topics saw the phase's events, one hop each: faster than two and a write.
+        floor = run["broker_floor"]
+        assert floor["messages"] >= 0.95 * run["events"], floor
+        assert 0 <= floor["p50_ms"] <= floor["p99_ms"] and floor["p50_ms"] < run["p50_ms"], (floor, run["p50_ms"])
     # The two workers split the person partitions between them: each owns some, none owns one twice.
     spread = report["person_partitions_by_worker"]
     assert len(spread) == 2 and all(spread)
@@ -143,3 +147,6 @@ def test_broker_hop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["sent"] > 0 and report["received"] == report["sent"]  # every message read back once
     assert 0 < report["p50_ms"] <= report["p99_ms"]
     assert sum(w["messages"] for w in report["windows"]) == report["received"]
+    fresh = report["fresh_topic"]  # the second topic on the same broker, read back whole as well
+    assert fresh["sent"] > 0 and fresh["received"] == fresh["sent"]
+    assert sum(w["messages"] for w in fresh["windows"]) == fresh["received"]
