@@ -88,7 +88,7 @@ def mismatches(settings: Settings, version: str, oracle: dict[str, Expected]) ->
         if row is None or state is None:
             out.append(f"{person}: missing")
             continue
-        problems = window_problems(row, state, exp, SEQ_LEN)
+        problems = window_problems(row, state, exp, settings.seq_len)
         out.extend(f"{person}: {p}" for p in problems)
     return out
 
