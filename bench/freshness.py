@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sqlite3
 import sys
 import threading
 import time
 import urllib.request
 from collections import defaultdict, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,8 @@ from bench.common import (
     target,
 )
 from bench.hops import assigned, between, scrape
-from bench.runs import Proc
+from bench.rate_search import held, probe_rates
+from bench.runs import Proc, cpu_seconds
 from interest.embedded import free_port
 from schemas.settings import Settings
 
@@ -214,10 +217,11 @@ def percentiles(values: list[float], unreadable: int) -> dict[str, float | None]
 
 def run_rate(settings: Settings, tracker: Tracker, traffic: Any, rate: float, seconds: float, drain_s: float,
              probe: bool = False, phase: str | None = None, pause_s: float = 1.0,
-             ports: list[int] | None = None, floor: BrokerFloor | None = None) -> dict[str, Any]:
+             ports: list[int] | None = None, floor: BrokerFloor | None = None,
+             cpu: Callable[[], dict[str, float]] | None = None) -> dict[str, Any]:
     phase = phase or f"{rate:g}"
     say(f"rate {rate:g} events/s for {seconds:g}s{' (probe)' if probe else ''}")
-    before, started = scrape(ports or [settings.web_port]), time.time()
+    before, started, cpu_before = scrape(ports or [settings.web_port]), time.time(), cpu() if cpu else {}
     sent = produce_at(settings, tracker, traffic, rate, seconds, phase)
     produced_by = time.monotonic()
     drained = tracker.wait_drained(phase, drain_s)
@@ -231,32 +235,14 @@ def run_rate(settings: Settings, tracker: Tracker, traffic: Any, rate: float, se
               "drain_s": round(drain, 2) if drained else None, **percentiles(values, unreadable), "hops": hops}
     if floor is not None:  # the same raw records, read by a consumer with no worker code behind it
         result["broker_floor"] = floor.between(started, time.time())
+    if cpu is not None:  # who had the cores during the phase (2 cores: the broker and this process share them)
+        wall = time.time() - started
+        result["cores"] = {k: round((v - cpu_before[k]) / wall, 2) for k, v in cpu().items()}
     say(f"rate {rate:g}: achieved {sent['achieved_rate']}/s, p50 {result['p50_ms']} p95 {result['p95_ms']} "
         f"p99 {result['p99_ms']} ms; worker p99 <= to ingest {hops['to_ingest']['p99_le_ms']}, to update "
         f"{hops['to_update']['p99_le_ms']}, to written {hops['to_written']['p99_le_ms']} ms")
     time.sleep(pause_s)  # let the worker's last batch and commit settle before the next rate
     return result
-
-
-def held(result: dict[str, Any], hold_p99_ms: float) -> bool:
-    p99 = result["p99_ms"]
-    return p99 is not None and p99 < hold_p99_ms and result["achieved_rate"] >= 0.95 * result["rate"]
-
-
-def probe_rates(run: Any, results: list[dict[str, Any]], steps: int, hold_p99_ms: float) -> None:
-    """Grow by 1.5x past the last held rate, or bisect between the best held and the first failed."""
-    good = max((r["rate"] for r in results if held(r, hold_p99_ms)), default=0.0)
-    bad = min((r["rate"] for r in results if not held(r, hold_p99_ms)), default=math.inf)
-    for _ in range(steps):
-        rate = round(good * 1.5 if math.isinf(bad) else (good + bad) / 2, -1) or 100.0
-        if rate in {r["rate"] for r in results}:
-            break
-        result = run(rate)
-        results.append(result)
-        if held(result, hold_p99_ms):
-            good = rate
-        else:
-            bad = rate
 
 
 def _wait_ready(proc: Proc, port: int, timeout: float = 120) -> None:
@@ -342,6 +328,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ports = [port for p in procs for port in p.ports()]
         tracker = Tracker(settings.sqlite_path(), args.poll_ms / 1000, settings.seq_len)
         floor = BrokerFloor(settings).start() if args.broker_floor else None
+
+        def cpu() -> dict[str, float]:
+            return {"broker": cpu_seconds(broker.proc.pid if broker.proc else 0),
+                    "workers": sum(p.cpu_s() for p in procs), "bench (load, reader)": cpu_seconds(os.getpid())}
+
         try:
             for proc in procs:
                 for port in proc.ports():
@@ -357,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for proc in procs:
                     proc.check()
                 return run_rate(settings, tracker, traffic, rate, args.seconds, args.drain_s, probe, phase=phase,
-                                pause_s=0.2 if args.quick else 1.0, ports=ports, floor=floor)
+                                pause_s=0.2 if args.quick else 1.0, ports=ports, floor=floor, cpu=cpu)
 
             results = [run(rate) for rate in rates]
             if not args.no_recovery and max(rates, default=0) > TARGET_RATE:

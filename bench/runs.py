@@ -66,6 +66,10 @@ class Proc:
             peak += int(fields.get("VmHWM", 0)) / 1024
         return now, peak
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) so far of the process and its children (``--split``)."""
+        return cpu_seconds(self.proc.pid)
+
     def check(self) -> None:
         if self.proc.poll() is not None:
             tail = self.log.read_text(errors="replace")[-3000:]
@@ -180,3 +184,24 @@ def wait_committed(offsets: Offsets, group: str, proc: Proc, timeout: float, per
                           f"last warning: {warnings[-1][:400] if warnings else 'none'}")
         time.sleep(poll_s)
     raise TimeoutError(f"group {group} did not commit everything within {timeout}s (raw lag {lag})")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its live children, from /proc (0 once gone).
+
+    Why per process: on a 2-core machine the broker, the load generator and the worker share the cores,
+    and a phase that gets slower is explained by who took them (``bench.freshness`` reports cores per phase).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        kids = []
+    total = 0.0
+    for one in [pid, *kids]:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15 of stat)
+    return total

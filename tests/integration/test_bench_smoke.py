@@ -86,6 +86,9 @@ def test_freshness(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[
         floor = run["broker_floor"]
         assert floor["messages"] >= 0.95 * run["events"], floor
         assert 0 <= floor["p50_ms"] <= floor["p99_ms"] and floor["p50_ms"] < run["p50_ms"], (floor, run["p50_ms"])
+        # Who had the cores: the broker, the workers and this process each used some, none more than the machine.
+        assert set(run["cores"]) == {"broker", "workers", "bench (load, reader)"}
+        assert all(0 < c <= report["machine"]["cores"] for c in run["cores"].values()), run["cores"]
     # The two workers split the person partitions between them: each owns some, none owns one twice.
     spread = report["person_partitions_by_worker"]
     assert len(spread) == 2 and all(spread)

@@ -1,0 +1,32 @@
+"""``bench.runs.cpu_seconds``: the CPU a process (and its children) used, read from /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from bench.runs import cpu_seconds
+
+
+def test_counts_this_process_and_a_busy_child() -> None:
+    before = cpu_seconds(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # burn 0.3 s of CPU here
+        pass
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
+                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        time.sleep(1.5)  # the child has burnt its 0.5 s and sleeps: it is a live child of this process
+        used = cpu_seconds(os.getpid()) - before
+    finally:
+        child.kill()
+        child.wait()
+    assert used >= 0.3 + 0.45, used
+
+
+def test_a_gone_process_has_used_nothing() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert cpu_seconds(proc.pid) == 0.0
