@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         def cpu() -> dict[str, float]:
             return {"broker": cpu_seconds(broker.proc.pid if broker.proc else 0),
-                    "workers": sum(p.cpu_s() for p in procs), "bench (load, reader)": cpu_seconds(os.getpid())}
+                    "workers": sum(p.cpu_s() for p in procs),
+                    "bench (load, reader)": cpu_seconds(os.getpid(), children=False)}
 
         try:
             for proc in procs:

@@ -186,15 +186,15 @@ def wait_committed(offsets: Offsets, group: str, proc: Proc, timeout: float, per
     raise TimeoutError(f"group {group} did not commit everything within {timeout}s (raw lag {lag})")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and its live children, from /proc (0 once gone).
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """utime + stime of ``pid`` (all its threads) and, with ``children``, its live children's, from /proc (0 once gone).
 
     Why per process: on a 2-core machine the broker, the load generator and the worker share the cores,
     and a phase that gets slower is explained by who took them (``bench.freshness`` reports cores per phase).
     """
     tick = os.sysconf("SC_CLK_TCK")
     try:
-        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()] if children else []
     except OSError:
         kids = []
     total = 0.0

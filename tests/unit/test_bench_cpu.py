@@ -1,4 +1,4 @@
-"""``bench.runs.cpu_seconds``: the CPU a process (and its children) used, read from /proc."""
+"""``bench.runs.cpu_seconds``: the CPU a process (and, if asked, its children) used, read from /proc."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ def test_counts_this_process_and_a_busy_child() -> None:
     try:
         time.sleep(1.5)  # the child has burnt its 0.5 s and sleeps: it is a live child of this process
         used = cpu_seconds(os.getpid()) - before
+        alone = cpu_seconds(os.getpid(), children=False) - before
     finally:
         child.kill()
         child.wait()
     assert used >= 0.3 + 0.45, used
+    assert 0.28 <= alone < used - 0.4, (alone, used)  # its own threads only (/proc counts in 10 ms ticks)
 
 
 def test_a_gone_process_has_used_nothing() -> None:
