@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              directory / f"worker-{i}.log", split=args.split) for i in range(args.workers)]
         ports = [port for p in procs for port in p.ports()]
         tracker = Tracker(settings.sqlite_path(), args.poll_ms / 1000, settings.seq_len)
-        floor = BrokerFloor(settings).start() if args.broker_floor else None
+        floor: BrokerFloor | None = None
 
         def cpu() -> dict[str, float]:
             return {"broker": cpu_seconds(broker.proc.pid if broker.proc else 0),
@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "bench (load, reader)": cpu_seconds(os.getpid(), children=False)}
 
         try:
+            floor = BrokerFloor(settings).start() if args.broker_floor else None
             for proc in procs:
                 for port in proc.ports():
                     _wait_ready(proc, port)

@@ -43,7 +43,9 @@ def main(argv: list[str]) -> int:
     path = paths[0] if paths else "/health"
     base = int(os.environ.get("INTEREST_WEB_PORT", "6066"))
     ports = [base, base + 1] if split else [base]
-    return max(probe(path, port) for port in ports)  # every port is asked: stderr names each failing one
+    # Every port is asked (stderr names each failing one), within the one probe's time: 2 s each with --split
+    # (worker-split.yaml gives the exec probe 6 s, Python's start included).
+    return max(probe(path, port, timeout=2.0 if split else 3.0) for port in ports)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ the update child keeps ``INTEREST_WEB_PORT``, the ingest child serves on the por
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -22,24 +23,33 @@ import time
 from schemas.settings import Settings
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_ENV = "SPLIT_WORKER_PARENT_PID"  # not INTEREST_*: unknown settings are refused
+CRASH_STOP_WAIT_S = 120.0  # a child died on its own: what the other one gets to stop before SIGKILL
 
 
 def stop_with_parent() -> None:
-    """In the child, before exec: SIGTERM it when the parent dies (Linux; elsewhere a no-op).
+    """In a split child, first thing: be sent SIGTERM when the parent dies (Linux; elsewhere a no-op).
 
-    Why: the parent's own SIGTERM is forwarded, but a parent killed alone (the OOM killer picks the
-    largest process of a cgroup, or an operator ``kill -9``s the wrong pid) cannot forward anything, and
-    its children would go on as orphans holding the group's partitions.  With this they finish their
-    batch in flight and leave the group, as on any stop.
+    Why: a parent killed alone cannot forward anything, and its children would go on as orphans
+    holding the group's partitions next to the pod that replaces them.  In the shipped image the
+    parent runs under tini, whose exit takes the container down with it; this is for runs where
+    nothing does that (a bare host, a service manager that kills only the main process).  Called by
+    the child itself, not through ``preexec_fn`` (not safe in a parent with threads: numpy's), and
+    then checked: a parent that died before the call left the child with another parent already.
     """
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    expected = os.environ.get(PARENT_ENV)
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(expected):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def child_env(settings: Settings, stage: str) -> dict[str, str]:
     """This process's environment with the settings pinned and the stage (and its web port) set."""
     env = settings.child_env()
     env["INTEREST_WORKER_STAGES"] = stage
+    env[PARENT_ENV] = str(os.getpid())
     if stage == "ingest" and settings.web_port:
         env["INTEREST_WEB_PORT"] = str(settings.web_port + 1)
     return env
@@ -89,7 +99,7 @@ def run_split(settings: Settings) -> int:
         print(f"interest worker --split: the ingest group starts from {settings.app_id}'s offsets on {seeded} "
               "raw partitions", file=sys.stderr)
     children = {stage: subprocess.Popen([sys.executable, "-m", "interest.cli", "worker"],
-                                        env=child_env(settings, stage), preexec_fn=stop_with_parent)
+                                        env=child_env(settings, stage))
                 for stage in ("update", "ingest")}
     stopping = False
 
@@ -117,10 +127,15 @@ def run_split(settings: Settings) -> int:
     for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    # No deadline of the parent's own: each child bounds its stop itself (its batch in flight, then
-    # ``stop_grace_s`` for a call that keeps failing), and the orchestrator's grace period bounds the pod
-    # (the kubelet, ``docker stop`` and systemd kill every process of it).  The 30 s cap this had would
-    # SIGKILL a batch still retrying that the pod's 60 s lets finish (tests/deploy: ~42 s of retries).
+    # A stop from outside: no deadline of the parent's own.  Each child bounds its stop itself (its batch
+    # in flight, then ``stop_grace_s`` for a call that keeps failing) and the orchestrator's grace period
+    # bounds the pod (the kubelet, ``docker stop`` and systemd kill every process of it); the 30 s cap this
+    # had would SIGKILL a batch still retrying that the pod's 60 s lets finish (tests/deploy: ~42 s).  A child
+    # that died on its own: nobody else is counting, so the other one gets CRASH_STOP_WAIT_S.
     for child in children.values():
-        child.wait()
+        try:
+            child.wait(timeout=None if stopping else CRASH_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
     return first if first >= 0 else 128 - first

@@ -174,6 +174,9 @@ def register(app: typer.Typer) -> None:
             "--split", help="One process per stage (ingest on WEB_PORT+1), each with its own event loop")] = False,
     ) -> None:
         """Run the stream worker: raw topics -> person topic -> vectors -> store."""
+        from interest.split_worker import stop_with_parent
+
+        stop_with_parent()  # a split child: SIGTERM when its parent dies
         settings = settings_or_exit(broker_url=broker, store_url=store, registry=registry, web_port=web_port)
         if split:
             from interest.split_worker import run_split

@@ -100,11 +100,11 @@ class WorkerProcess:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
+        if sig == signal.SIGKILL:  # what a container kill does: every process of it (a --split worker's children),
+            with contextlib.suppress(ProcessLookupError):  # also those left after the leader (its own session) is gone
+                os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
-            if sig == signal.SIGKILL:  # what a container kill does: every process of it (a --split worker's children)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            else:  # as Kubernetes does: to the main process only (a --split parent forwards it)
+            if sig != signal.SIGKILL:  # as Kubernetes does: to the main process only (a --split parent forwards it)
                 proc.send_signal(sig)
             try:
                 proc.wait(timeout=timeout)

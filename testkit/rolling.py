@@ -17,6 +17,7 @@ benchmark run and judge a rollout the same way.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -239,7 +240,8 @@ def _sigterm_with_store_locked(
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole pod: a --split worker's children too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole pod: a --split worker's children too
         proc.wait()
     worker.proc = None
     return proc.returncode, early

@@ -75,7 +75,10 @@ def _crash_then_restart(point: str, nth: int, events: int, settings: Settings, v
     victim = WorkerProcess(settings, tmp_path, f"crash-{point}", *args, INTEREST_TEST_CRASH_AT=f"{point}:{nth}")
     victim.start()
     assert victim.proc is not None
-    code = victim.proc.wait(timeout=120)
+    try:
+        code = victim.proc.wait(timeout=120)
+    finally:
+        victim.stop(signal.SIGKILL)  # whatever of the pod is left (nothing, when it died as it should)
     killed = 128 + signal.SIGKILL if args else -signal.SIGKILL  # --split: the parent exits with 128 + signal
     assert code == killed, f"worker ({layout}) did not die at {point}: exit {code}\n{victim.logs()[-3000:]}"
     assert f"SIGKILL at {point}" in victim.logs()

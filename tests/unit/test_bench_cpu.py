@@ -16,9 +16,10 @@ def test_counts_this_process_and_a_busy_child() -> None:
     while time.process_time() < end:  # burn 0.3 s of CPU here
         pass
     child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
-                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+                              "while time.process_time() < end: pass\nprint('burnt', flush=True)\ntime.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # the child has burnt its 0.5 s and sleeps: it is a live child of this process
+        assert child.stdout is not None and child.stdout.readline() == "burnt\n"  # 0.5 s burnt; it sleeps, alive
         used = cpu_seconds(os.getpid()) - before
         alone = cpu_seconds(os.getpid(), children=False) - before
     finally:

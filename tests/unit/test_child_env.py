@@ -8,9 +8,11 @@ crash point, and the chaos suite could not kill one process of the pair.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from interest.split_worker import child_env
+from interest.split_worker import PARENT_ENV, child_env
 from schemas.settings import Settings
 
 
@@ -28,6 +30,7 @@ def test_settings_are_pinned_and_test_hooks_pass_through(monkeypatch: pytest.Mon
     assert env["INTEREST_WORKER_STAGES"] == "update"
     assert env["INTEREST_WEB_PORT"] == "9100"
     assert child_env(settings, "ingest")["INTEREST_WEB_PORT"] == "9101"
+    assert env[PARENT_ENV] == str(os.getpid())  # how a child checks it still has the parent that started it
 
 
 def test_an_unknown_setting_of_the_parent_does_not_reach_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
