@@ -16,19 +16,14 @@ import threading
 import time
 from typing import Any
 
+from bench.common import percentile
 from schemas.settings import Settings
 
 
 def summary(seen: list[tuple[float, float]], start: float, end: float) -> dict[str, Any]:
     """p50/p99 (ms) of the latencies whose consume time (epoch s) falls in ``[start, end)``."""
-    values = sorted(latency for at, latency in seen if start <= at < end)
-    if not values:
-        return {"messages": 0, "p50_ms": None, "p99_ms": None}
-
-    def at(q: float) -> float:
-        return round(values[min(len(values) - 1, int(q * len(values)))], 1)
-
-    return {"messages": len(values), "p50_ms": at(0.5), "p99_ms": at(0.99)}
+    values = [latency for at, latency in seen if start <= at < end]
+    return {"messages": len(values), "p50_ms": percentile(values, 0.5), "p99_ms": percentile(values, 0.99)}
 
 
 class BrokerFloor:

@@ -24,17 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, command, embedded_broker, emit, machine, out_dir, ratio, say, target
+from bench.common import BENCH_DIR, command, embedded_broker, emit, machine, out_dir, percentile, ratio, say, target
 
 WINDOW_S = 5.0
 # Freshness allows 500 ms for two hops and the update: one hop's share is at most half of it.  A broker
 # fit for the goal also does not slow down as it fills: the last window's p50 within 1.5x the first's.
 HOP_P99_MS, GROWTH_MAX = 250.0, 1.5
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    data = sorted(values)
-    return round(data[min(len(data) - 1, int(q * len(data)))], 1) if data else None
 
 
 def measure(url: str, rate: float, seconds: float, partitions: int = 12, fetch_wait_ms: int = 50,
@@ -95,7 +90,7 @@ def windows(seen: list[tuple[float, float]], width_s: float = WINDOW_S) -> list[
     by: dict[int, list[float]] = {}
     for at, latency in seen:
         by.setdefault(int((at - first) / 1000 // width_s), []).append(latency)
-    return [{"from_s": k * width_s, "messages": len(v), "p50_ms": _percentile(v, 0.5), "p99_ms": _percentile(v, 0.99)}
+    return [{"from_s": k * width_s, "messages": len(v), "p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
             for k, v in sorted(by.items())]
 
 
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bench": "broker_hop", "command": command("broker_hop", argv), "machine": machine(),
         "rate": args.rate, "seconds": args.seconds, "linger_ms": args.linger_ms, "quick": args.quick,
         **{k: v for k, v in run.items() if k != "seen"},
-        "p50_ms": _percentile(latencies, 0.5), "p99_ms": _percentile(latencies, 0.99),
+        "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99),
         "windows": windows(run["seen"]),
     }
     full = [w for w in report["windows"] if w["messages"] >= 0.5 * args.rate * WINDOW_S]

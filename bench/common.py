@@ -92,6 +92,12 @@ def target(value: float | None, threshold: float, higher_is_better: bool = True)
             + f"{threshold:g}", "met": bool(met)}
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank ``q`` quantile of ``values`` (any order), rounded to 0.1; None when empty."""
+    data = sorted(values)
+    return round(data[min(len(data) - 1, int(q * len(data)))], 1) if data else None
+
+
 def ratio(num: float | None, den: float | None) -> float | None:
     return None if not num or not den else round(num / den, 4)
 

@@ -43,20 +43,17 @@ class Proc:
 
     def ports(self) -> list[int]:
         """The web ports it serves /metrics on: one, or two with ``--split`` (ingest on the next port)."""
-        return [self.settings.web_port, self.settings.web_port + 1] if self.split else [self.settings.web_port]
+        from interest.split_worker import stage_ports
+
+        return stage_ports(self.settings.web_port, self.split)
 
     def rss_mb(self) -> tuple[float, float]:
         """(current RSS, peak RSS) in MB from /proc, its children's (``--split``) added; (0, 0) once gone.
 
         With children the peak is the sum of each process's peak: an upper bound of the pair's.
         """
-        pid = self.proc.pid
-        try:
-            kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            kids = []
         now, peak = 0.0, 0.0
-        for one in [pid, *kids]:
+        for one in with_children(self.proc.pid):
             try:
                 status = Path(f"/proc/{one}/status").read_text()
             except OSError:
@@ -193,15 +190,19 @@ def cpu_seconds(pid: int, children: bool = True) -> float:
     and a phase that gets slower is explained by who took them (``bench.freshness`` reports cores per phase).
     """
     tick = os.sysconf("SC_CLK_TCK")
-    try:
-        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()] if children else []
-    except OSError:
-        kids = []
     total = 0.0
-    for one in [pid, *kids]:
+    for one in with_children(pid) if children else [pid]:
         try:
             fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15 of stat)
     return total
+
+
+def with_children(pid: int) -> list[int]:
+    """``pid`` and its live children (a ``--split`` worker's two stages), from /proc."""
+    try:
+        return [pid, *(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    except OSError:
+        return [pid]

@@ -45,13 +45,18 @@ def stop_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def stage_ports(web_port: int, split: bool) -> list[int]:
+    """The web ports a worker serves: the update process keeps ``web_port``, a split one's ingest takes the next."""
+    return [web_port, web_port + 1] if split else [web_port]
+
+
 def child_env(settings: Settings, stage: str) -> dict[str, str]:
     """This process's environment with the settings pinned and the stage (and its web port) set."""
     env = settings.child_env()
     env["INTEREST_WORKER_STAGES"] = stage
     env[PARENT_ENV] = str(os.getpid())
     if stage == "ingest" and settings.web_port:
-        env["INTEREST_WEB_PORT"] = str(settings.web_port + 1)
+        env["INTEREST_WEB_PORT"] = str(stage_ports(settings.web_port, split=True)[1])
     return env
 
 

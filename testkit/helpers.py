@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from interest.embedded import free_port
+from interest.split_worker import stage_ports
 from schemas.settings import Settings
 
 
@@ -67,7 +68,7 @@ class WorkerProcess:
     @property
     def ports(self) -> list[int]:
         """Where the worker serves: ``--split`` has the update process on the port, the ingest one after it."""
-        return [self.port, self.port + 1] if "--split" in self.args else [self.port]
+        return stage_ports(self.port, "--split" in self.args)
 
     def ready(self) -> bool:
         """``/ready`` answers 200 on every port: a split worker is ready when both of its stages are."""
