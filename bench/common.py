@@ -147,7 +147,7 @@ def bench_settings(broker_url: str, directory: Path, name: str, registry: str, *
         "data_dir": str(run_dir.resolve()),
         "session_timeout_s": 6.0,
         "heartbeat_interval_s": 1.0,
-        "web_port": free_port(),
+        "web_port": free_port(span=2),  # --split: the ingest process serves on the port after it
         "use_gpu": "no",
     }
     base.update(overrides)
