@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,8 @@ from interest.embedded import free_port
 from schemas.settings import Settings
 
 TARGET_RATE, TARGET_P99_MS = 2000, 500.0
-# How far before the newest stamp each poll reads again.  A row's ``updated_ms`` is stamped before its
-# write commits, by a batch's encode and write: well under a second at steady rates, seconds in an
-# overload.  A fixed 10 s had the reader re-fetch 10 s of rows 50 times a second on the cores the
-# worker needs; so it is twice the longest stamp-to-seen delay of the last 30 s, at least 3 s.  A row it
-# missed could only make an event look later (or unreadable), never earlier.
-LOOK_BACK_MIN_MS, LOOK_BACK_MEMORY_MS = 3_000, 30_000
+# People per ``IN (...)`` lookup: well under SQLite's bound variables limit.
+LOOKUP_CHUNK = 500
 
 
 class Tracker:
@@ -116,27 +112,45 @@ class Tracker:
             del mine[event_id]
             self.latencies[phase].append(now - at)
             self.outstanding[phase] -= 1
+        if not mine:
+            self.pending.pop(person, None)
+
+    def _changed(self, conn: sqlite3.Connection) -> list[str]:
+        """People with outstanding events whose profile row was rewritten since the last poll.
+
+        Why by key and not by ``updated_ms``: a scan for recently stamped rows needs a look-back past the
+        stamp-to-commit delay (seconds in an overload), so each poll re-read thousands of rows and the
+        bench took a third of a core from the worker it measures.  A primary-key lookup of the people
+        still waiting costs what the outstanding events cost, and cannot miss a commit however late.
+        """
+        with self.lock:
+            people = list(self.pending)
+        changed: list[str] = []
+        for start in range(0, len(people), LOOKUP_CHUNK):
+            part = people[start : start + LOOKUP_CHUNK]
+            rows = conn.execute("SELECT person_id, MAX(write_ts) FROM profiles WHERE person_id IN "
+                                f"({','.join('?' * len(part))}) GROUP BY person_id", part).fetchall()
+            with self.lock:
+                changed += [person for person, write_ts in rows if write_ts != self.seen.get(person)]
+        return changed
 
     def _run(self) -> None:
         conn = sqlite3.connect(self.db_path, timeout=5)
-        watermark = 0
-        delays: deque[tuple[float, float]] = deque()  # (poll time, longest stamp -> seen delay of that poll)
+        version = None
         try:
             while not self.stop.is_set():
-                rows = conn.execute("SELECT person_id, write_ts, updated_ms FROM profiles WHERE updated_ms >= ?",
-                                    (watermark,)).fetchall()
-                with self.lock:
-                    fresh = [r for r in rows if r[1] != self.seen.get(r[0]) and self.pending.get(r[0])]
-                    changed = [r[0] for r in fresh]
-                seen_at = time.time() * 1000
-                if fresh:
-                    delays.append((seen_at, max(seen_at - r[2] for r in fresh)))
-                while delays and delays[0][0] < seen_at - LOOK_BACK_MEMORY_MS:
-                    delays.popleft()
-                look_back = max(LOOK_BACK_MIN_MS, 2 * max((d for _, d in delays), default=0.0))
+                # No commit since the last poll, no event can have become readable: the worker commits once
+                # per batch, so most polls end here at the cost of one pragma.  Read before the lookups, a
+                # commit racing them is looked at again next poll.
+                now_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if now_version == version:
+                    time.sleep(self.poll_s)
+                    continue
+                version = now_version
+                changed = self._changed(conn)
                 windows: list[tuple[str, bytes, int]] = []
-                for start in range(0, len(changed), 500):
-                    part = changed[start : start + 500]
+                for start in range(0, len(changed), LOOKUP_CHUNK):
+                    part = changed[start : start + LOOKUP_CHUNK]
                     windows += conn.execute("SELECT person_id, events, write_ts FROM sequences WHERE person_id IN "
                                             f"({','.join('?' * len(part))})", part).fetchall()
                 now = time.time() * 1000
@@ -144,8 +158,6 @@ class Tracker:
                     for person, events, write_ts in windows:
                         self.seen[person] = write_ts
                         self._resolve(person, bytes(events), now)
-                if rows:  # rows are stamped before their write commits: look back well past that
-                    watermark = max(watermark, int(max(r[2] for r in rows) - look_back))
                 time.sleep(self.poll_s)
         finally:
             conn.close()
@@ -165,9 +177,11 @@ class Tracker:
                 break
             time.sleep(0.05)
         with self.lock:  # never readable: drop them, so they cannot be mistaken for later events
-            for mine in self.pending.values():
+            for person, mine in list(self.pending.items()):
                 for event_id in [e for e, (_, _, ph) in mine.items() if ph == phase]:
                     del mine[event_id]
+                if not mine:
+                    del self.pending[person]
         return False
 
 

@@ -20,6 +20,7 @@ shared items (``i<n>``).  The extra draws use a random stream of their own.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class SyntheticTraffic:
         nprng = np.random.default_rng(seed)
         zipf = 1.0 / np.arange(1, users + 1) ** 0.8
         self.user_weights = (zipf / zipf.sum()).cumsum()
+        self._user_cdf: list[float] = self.user_weights.tolist()  # bisect on a list: no numpy call per event
         self.item_cluster = nprng.integers(0, clusters, size=items)
         self.cluster_items = [np.flatnonzero(self.item_cluster == c) for c in range(clusters)]
         self.prefs = [self.rng.sample(range(clusters), k=self.rng.randint(1, 3)) for _ in range(users)]
@@ -141,7 +143,7 @@ class SyntheticTraffic:
         return f"d{u}-{platform}"
 
     def _pick_user(self) -> int:
-        return int(np.searchsorted(self.user_weights, self.rng.random() * self.user_weights[-1]))
+        return bisect.bisect_left(self._user_cdf, self.rng.random() * self._user_cdf[-1])
 
     def _pick_item(self, u: int, platform: str | None = None) -> str:
         prefs = self.platform_prefs.get((u, platform or ""), self.prefs[u])
