@@ -28,7 +28,7 @@ from model.evaluate import (
     evaluate_version,
     popularity_metrics,
 )
-from model.export import PARITY_TOL, export_all
+from model.export import PARITY_TOL, ExportError, export_all
 from model.features import FeatureSpec, featurize
 from model.plots import plot_training
 from model.registry import ModelRejected, Registry
@@ -110,6 +110,8 @@ def publish_trained(
     A platform version (``platform`` and the shared ``parent`` it was fine-tuned from) gets the
     platform's catalogue as item index and is gated against the platform's promoted version,
     measured on the same held-out platform events, or against ``parent`` when there is none yet.
+    An export whose graph does not reproduce the weights is refused as :class:`ModelRejected` too, so a
+    periodic round reports it and the promoted version keeps serving.
     """
     model, spec = trained.model, trained.spec
     model.eval()
@@ -119,7 +121,11 @@ def publish_trained(
     test = build_eval_set(split, catalogue, "test")
     with tempfile.TemporaryDirectory(prefix="interest-export-") as tmp:
         stage = Path(tmp)
-        onnx_info = export_all(model, stage, real=valid.histories, item_ids=catalogue)
+        try:
+            onnx_info = export_all(model, stage, real=valid.histories, item_ids=catalogue)
+        except ExportError as exc:  # a refusal like the gate's: a periodic round logs it and keeps serving
+            whose = f" for platform {platform}" if platform is not None else ""
+            raise ModelRejected(f"candidate{whose} refused before publishing: {exc}") from exc
         np.savez(
             stage / "items.npz",
             ids=np.asarray(catalogue, dtype=str),

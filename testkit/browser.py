@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -38,7 +41,8 @@ class Browser:
         self.url = url
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self._profile = tempfile.TemporaryDirectory(prefix="interest-chromium-")
+        # Chromium's helpers (zygote, renderers) may still write the profile after the browser exits.
+        self._profile = tempfile.TemporaryDirectory(prefix="interest-chromium-", ignore_cleanup_errors=True)
         self._ids = itertools.count(1)
         self._session: Any = None
         self._ws: Any = None
@@ -51,7 +55,8 @@ class Browser:
             raise RuntimeError("chromium is not installed")
         self.proc = subprocess.Popen([exe, *FLAGS, f"--remote-debugging-port={self.port}",
                                       f"--user-data-dir={self._profile.name}", self.url],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)  # its own group: the helpers go with it
         target = await asyncio.to_thread(self._page_target, 30.0)
         self._session = aiohttp.ClientSession()
         self._ws = await self._session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 << 20)
@@ -76,12 +81,17 @@ class Browser:
         if self._session is not None:
             await self._session.close()
         if self.proc is not None:
-            self.proc.terminate()
-            try:
+            self._signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            self._signal_group(signal.SIGKILL)  # whatever helper is left
+            self.proc.wait(timeout=10)
         self._profile.cleanup()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         msg_id = next(self._ids)
