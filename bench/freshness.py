@@ -3,11 +3,12 @@
     python -m bench.freshness [--rates 500,2000,5000] [--seconds 15] [--users 10000] [--broker-floor] [--quick]
 
 A real ``interest worker`` runs on the embedded broker and a SQLite store.  This process produces
-single-event messages at a fixed rate (timestamp taken just before ``send``) while a reader thread
-polls the store every ``--poll-ms`` like any query service would.  A person's profile row carries
-``event_count``; when it grows by ``d`` the person's ``d`` oldest outstanding events became
-readable at that poll, so each event gets a produced -> readable latency measured from outside
-the worker (no anonymous traffic here, so every event lands on the person it names).
+single-event messages at a fixed rate (``bench.load``; the time is taken just before each record is
+handed to the producer) while a reader thread polls the store every ``--poll-ms`` like any query
+service would: after each commit it looks up the people still waiting, and an event is readable at
+the poll where its id shows in the person's stored sequence (``Tracker``), so each event gets a
+produced -> readable latency measured from outside the worker (no anonymous traffic here, so every
+event lands on the person it names).
 
 After each rate the backlog drains (events still unreadable after ``--drain-s`` count as infinitely
 late); then the next rate starts.  ``--probe-steps`` further runs look for the highest rate whose
@@ -18,6 +19,7 @@ Target: p99 < 500 ms at 2000 events/s.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import os
 import sqlite3
@@ -50,6 +52,7 @@ from bench.common import (
     target,
 )
 from bench.hops import assigned, between, scrape
+from bench.load import PacedLoad
 from bench.rate_search import held, probe_rates
 from bench.runs import Proc, cpu_seconds
 from interest.embedded import free_port
@@ -187,32 +190,23 @@ class Tracker:
 
 def produce_at(settings: Settings, tracker: Tracker, traffic: Any, rate: float, seconds: float,
                phase: str) -> dict[str, Any]:
-    """Send single-event messages at ``rate`` for ``seconds``; event time = produce time."""
-    from interest.produce import make_producer, raw_topic_map
+    """Send single-event messages at ``rate`` for ``seconds``; latency counts from when each fell due."""
+    from interest.produce import raw_topic_map
     from interest.synthetic import RawEvent
 
     topic_of = raw_topic_map(settings)
-    producer = make_producer(settings, linger_ms=1, client_id="bench-freshness")
-    sent = 0
-    started = time.monotonic()
-    try:
-        while (elapsed := time.monotonic() - started) < seconds:
-            due = min(int(rate * elapsed) - sent, 1000)
-            if due <= 0:
-                time.sleep(min(0.002, max(0.0, (sent + 1) / rate - elapsed)))
+
+    def make(due_ms: list[float]) -> list[tuple[str, bytes, bytes]]:
+        records: list[tuple[str, bytes, bytes]] = []
+        for event in traffic.events(len(due_ms), int(due_ms[0]), 0.0):
+            if not isinstance(event, RawEvent):
                 continue
-            now_ms = time.time() * 1000
-            for event in traffic.events(due, int(now_ms), 0.0):
-                if not isinstance(event, RawEvent):
-                    continue
-                event_id = raw_field(event, "event_id_field")
-                tracker.produced(event.person_id, event_id, event.ts_ms, time.time() * 1000, phase)
-                producer.send(topic_of[event.topic], key=event.key.encode(), value=orjson.dumps(event.value))
-                sent += 1
-        producer.flush()
-    finally:
-        producer.close()
-    took = time.monotonic() - started
+            at_ms = due_ms[len(records)]
+            tracker.produced(event.person_id, raw_field(event, "event_id_field"), event.ts_ms, at_ms, phase)
+            records.append((topic_of[event.topic], event.key.encode(), orjson.dumps(event.value)))
+        return records
+
+    sent, took = asyncio.run(PacedLoad(settings, "bench-freshness").run(rate, seconds, make))
     return {"events": sent, "seconds": round(took, 2), "achieved_rate": round(sent / took, 1)}
 
 
