@@ -1,0 +1,44 @@
+"""Freshness over a phase, second by second: when did the worker get back under the goal, and stay there?
+
+Why: one p99 over a whole phase cannot tell "slow for the first two seconds after an overload, then
+fine" from "slow throughout".  Each event's latency is filed under the second (of the phase) in which it
+was produced; the phase is back under the goal from the first window after which every window's p99 is
+under it.  A worker that stays slow once its backlog is gone shows as ``None`` (never back under).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def p99(values: Sequence[float]) -> float:
+    data = sorted(values)
+    return data[min(len(data) - 1, int(0.99 * len(data)))]
+
+
+def windows(produced_ms: Sequence[float], latency_ms: Sequence[float], start_ms: float,
+            width_s: float = 1.0) -> list[dict[str, Any]]:
+    """p99 latency of the events produced in each ``width_s`` window from ``start_ms`` (empty ones skipped)."""
+    by_window: dict[int, list[float]] = {}
+    for at, latency in zip(produced_ms, latency_ms, strict=True):
+        by_window.setdefault(max(0, int((at - start_ms) / (1000 * width_s))), []).append(latency)
+    return [{"from_s": round(i * width_s, 3), "events": len(v), "p99_ms": round(p99(v), 1)}
+            for i, v in sorted(by_window.items())]
+
+
+def back_under(series: Sequence[dict[str, Any]], goal_ms: float) -> float | None:
+    """Seconds into the phase from which every window's p99 is under ``goal_ms`` (None: not by its end)."""
+    if not series or series[-1]["p99_ms"] >= goal_ms:
+        return None
+    last_over = max((i for i, w in enumerate(series) if w["p99_ms"] >= goal_ms), default=-1)
+    return 0.0 if last_over < 0 else float(series[last_over + 1]["from_s"])
+
+
+def recovery(produced_ms: Sequence[float], latency_ms: Sequence[float], start_ms: float,
+             goal_ms: float) -> dict[str, Any]:
+    series = windows(produced_ms, latency_ms, start_ms)
+    worst = max((w["p99_ms"] for w in series), default=math.nan)
+    return {"p99_ms_per_second": [w["p99_ms"] for w in series], "worst_second_p99_ms": worst,
+            "under_goal_from_s": back_under(series, goal_ms), "goal_ms": goal_ms}
