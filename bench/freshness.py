@@ -3,8 +3,8 @@
     python -m bench.freshness [--rates 500,2000,5000] [--seconds 15] [--users 10000] [--broker-floor] [--quick]
 
 A real ``interest worker`` runs on the embedded broker and a SQLite store.  This process produces
-single-event messages at a fixed rate (``bench.load``; the time is taken just before each record is
-handed to the producer) while a reader thread polls the store every ``--poll-ms`` like any query
+single-event messages at a fixed rate (``bench.load``; each event's latency counts from when it fell
+due, so the load's own batching wait is in it) while a reader thread polls the store every ``--poll-ms`` like any query
 service would: after each commit it looks up the people still waiting, and an event is readable at
 the poll where its id shows in the person's stored sequence (``Tracker``), so each event gets a
 produced -> readable latency measured from outside the worker (no anonymous traffic here, so every
@@ -83,6 +83,7 @@ class Tracker:
         self.outstanding: dict[str, int] = defaultdict(int)
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.produced_ms: dict[str, list[float]] = defaultdict(list)  # each latency's produce time
+        self.given_up_ms: dict[str, list[float]] = defaultdict(list)  # produce times of the never readable
         self.superseded: dict[str, int] = defaultdict(int)
         self.seen: dict[str, int] = {}
         self.stop = threading.Event()
@@ -185,7 +186,7 @@ class Tracker:
         with self.lock:  # never readable: drop them, so they cannot be mistaken for later events
             for person, mine in list(self.pending.items()):
                 for event_id in [e for e, (_, _, ph) in mine.items() if ph == phase]:
-                    del mine[event_id]
+                    self.given_up_ms[phase].append(mine.pop(event_id)[0])
                 if not mine:
                     del self.pending[person]
         return False
@@ -209,8 +210,9 @@ def produce_at(settings: Settings, tracker: Tracker, traffic: Any, rate: float, 
             records.append((topic_of[event.topic], event.key.encode(), orjson.dumps(event.value)))
         return records
 
-    sent, took = asyncio.run(PacedLoad(settings, "bench-freshness").run(rate, seconds, make))
-    return {"events": sent, "seconds": round(took, 2), "achieved_rate": round(sent / took, 1)}
+    sent, took, first_ms = asyncio.run(PacedLoad(settings, "bench-freshness").run(rate, seconds, make))
+    return {"events": sent, "seconds": round(took, 2), "achieved_rate": round(sent / took, 1),
+            "first_due_ms": round(first_ms, 1)}
 
 
 def percentiles(values: list[float], unreadable: int) -> dict[str, float | None]:
@@ -241,10 +243,12 @@ def run_rate(settings: Settings, tracker: Tracker, traffic: Any, rate: float, se
     with tracker.lock:
         values, unreadable = list(tracker.latencies[phase]), max(tracker.outstanding[phase], 0)
         superseded, produced = tracker.superseded[phase], list(tracker.produced_ms[phase])
+        given_up = list(tracker.given_up_ms[phase])
     result = {"rate": rate, "probe": probe, **sent, "readable": len(values), "superseded": superseded,
               "unreadable": unreadable, "drained": drained,
               "drain_s": round(drain, 2) if drained else None, **percentiles(values, unreadable), "hops": hops,
-              "recovery": recovery(produced, values, started * 1000, TARGET_P99_MS)}
+              "recovery": recovery([*produced, *given_up], [*values, *[math.inf] * len(given_up)],
+                                   sent["first_due_ms"], TARGET_P99_MS)}
     if floor is not None:  # the same raw records, read by a consumer with no worker code behind it
         result["broker_floor"] = floor.between(started, time.time())
     if cpu is not None:  # who had the cores during the phase (2 cores: the broker and this process share them)

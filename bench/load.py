@@ -43,9 +43,10 @@ class PacedLoad:
         self._partitions: dict[str, list[int]] = {}
         self._partition_of: dict[tuple[str, bytes], int] = {}
 
-    async def run(self, rate: float, seconds: float, make: Due) -> tuple[int, float]:
-        """Send for ``seconds`` at ``rate``; returns the records delivered (all that were made, or it raises)
-        and the seconds from the first send to the last delivery (the producer's start is not counted)."""
+    async def run(self, rate: float, seconds: float, make: Due) -> tuple[int, float, float]:
+        """Send ``int(rate * seconds)`` records at ``rate``; returns how many were delivered (all, or it raises),
+        the seconds from the first send to the last delivery, and the wall-clock ms the first tick began
+        (the producer's start is not counted)."""
         from aiokafka import AIOKafkaProducer
 
         from streams.raw_reader import aiokafka_options
@@ -57,29 +58,33 @@ class PacedLoad:
         sent = 0
         try:
             started, wall0 = time.monotonic(), time.time() * 1000
-            while (elapsed := time.monotonic() - started) < seconds:
-                due = min(int(rate * elapsed) - sent, self.max_per_tick)
+            total, ticks = int(rate * seconds), 0
+            while sent < total:
+                elapsed = time.monotonic() - started
+                due = min(total if elapsed >= seconds else int(rate * elapsed), sent + self.max_per_tick) - sent
                 if due > 0:
-                    records = make([wall0 + 1000 * (sent + i + 1) / rate for i in range(due)])
+                    records = make([wall0 + 1000 * (sent + i) / rate for i in range(due)])
                     pending |= await self._send(producer, records)
                     sent += len(records)
                     pending = _settled(pending)
-                await asyncio.sleep(self.tick_s)
+                ticks += 1  # the next tick on the clock, however long this one's work took
+                await asyncio.sleep(max(0.0, started + ticks * self.tick_s - time.monotonic()))
             await producer.flush()
             for future in pending:
                 await future  # raises the first delivery error
             took = time.monotonic() - started
         finally:
             await producer.stop()
-        return sent, took
+        return sent, took, wall0
 
     async def _send(self, producer: Any, records: list[Record]) -> set[asyncio.Future[Any]]:
         builders: dict[tuple[str, int], Any] = {}
         futures: set[asyncio.Future[Any]] = set()
-        for topic, key, value in records:
+        for topic, key, value in records:  # refused before any of the tick's records is sent
             if len(key) + len(value) > MAX_REQUEST_BYTES:
                 raise ValueError(f"a record of {len(key) + len(value)} bytes for {topic} is over the "
                                  f"{MAX_REQUEST_BYTES}-byte produce request limit")
+        for topic, key, value in records:
             where = (topic, await self._partition(producer, topic, key))
             builder = builders.get(where)
             if builder is None:

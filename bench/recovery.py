@@ -24,21 +24,28 @@ def windows(produced_ms: Sequence[float], latency_ms: Sequence[float], start_ms:
     by_window: dict[int, list[float]] = {}
     for at, latency in zip(produced_ms, latency_ms, strict=True):
         by_window.setdefault(max(0, int((at - start_ms) / (1000 * width_s))), []).append(latency)
-    return [{"from_s": round(i * width_s, 3), "events": len(v), "p99_ms": round(p99(v), 1)}
+    return [{"from_s": round(i * width_s, 3), "events": len(v), "p99_ms": _ms(p99(v))}
             for i, v in sorted(by_window.items())]
+
+
+def _ms(value: float) -> float | None:
+    """Rounded ms; ``None`` for an event never readable (JSON has no infinity), which no goal is met by."""
+    return None if math.isinf(value) else round(value, 1)
 
 
 def back_under(series: Sequence[dict[str, Any]], goal_ms: float) -> float | None:
     """Seconds into the phase from which every window's p99 is under ``goal_ms`` (None: not by its end)."""
-    if not series or series[-1]["p99_ms"] >= goal_ms:
+    over = [w["p99_ms"] is None or w["p99_ms"] >= goal_ms for w in series]
+    if not series or over[-1]:
         return None
-    last_over = max((i for i, w in enumerate(series) if w["p99_ms"] >= goal_ms), default=-1)
+    last_over = max((i for i, o in enumerate(over) if o), default=-1)
     return 0.0 if last_over < 0 else float(series[last_over + 1]["from_s"])
 
 
 def recovery(produced_ms: Sequence[float], latency_ms: Sequence[float], start_ms: float,
              goal_ms: float) -> dict[str, Any]:
     series = windows(produced_ms, latency_ms, start_ms)
-    worst = max((w["p99_ms"] for w in series), default=math.nan)
+    known = [w["p99_ms"] for w in series if w["p99_ms"] is not None]
+    worst = None if not known or len(known) < len(series) else max(known)  # None: a second never readable
     return {"p99_ms_per_second": [w["p99_ms"] for w in series], "worst_second_p99_ms": worst,
             "under_goal_from_s": back_under(series, goal_ms), "goal_ms": goal_ms}

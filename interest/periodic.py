@@ -81,6 +81,13 @@ async def _read_events(settings: Settings, window_days: float, max_people: int |
     return rows, people
 
 
+def refusal(exc: Exception) -> str:
+    """What refused a candidate, for a round's ``reason``: the export's parity check or the quality gate."""
+    from model.publish import ExportRefused
+
+    return "export check" if isinstance(exc, ExportRefused) else "quality gate"
+
+
 def run_round(settings: Settings, options: RoundOptions, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One training round; returns a JSON-able summary (``published`` says what happened)."""
     from model.registry import ModelRejected, Registry
@@ -105,7 +112,7 @@ def run_round(settings: Settings, options: RoundOptions, rows: list[dict[str, An
                        gate_tolerance=settings.quality_gate_tolerance,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except ModelRejected as exc:
-        return {**summary, "published": False, "parent": parent, "reason": f"quality gate: {exc.reason}",
+        return {**summary, "published": False, "parent": parent, "reason": f"{refusal(exc)}: {exc.reason}",
                 "seconds": round(time.perf_counter() - started, 2)}
     summary.update(published=True, version=result.version, parent=parent, warm_start=warm is not None,
                    metrics=result.metrics, seconds=round(time.perf_counter() - started, 2))
@@ -149,7 +156,7 @@ def run_platform_round(settings: Settings, options: RoundOptions, rows: list[dic
                        force=options.force, gate_tolerance=settings.quality_gate_tolerance,
                        log=lambda msg: print(f"[{platform}] {msg}", file=sys.stderr, flush=True))
     except ModelRejected as exc:
-        return {**summary, "published": False, "reason": f"quality gate: {exc.reason}",
+        return {**summary, "published": False, "reason": f"{refusal(exc)}: {exc.reason}",
                 "seconds": round(time.perf_counter() - started, 2)}
     except ValueError as exc:  # e.g. nobody with 3+ events on the platform: nothing to gate on
         return {**summary, "published": False, "reason": f"not enough data: {exc}"}

@@ -81,6 +81,10 @@ def _reference(stage: Path, spec: FeatureSpec, sequences: list[Any], item_ids: l
     }
 
 
+class ExportRefused(ModelRejected):
+    """The candidate's exported graph does not reproduce its weights: refused like the gate's, but not by it."""
+
+
 def _refit_baseline(registry: Registry, version: str, seen: Split) -> float | None:
     """A promoted refit version measured on the very events it was refit on has seen their validation
     targets: compare against its recorded selection-run validation instead (None: measure it)."""
@@ -125,7 +129,7 @@ def publish_trained(
             onnx_info = export_all(model, stage, real=valid.histories, item_ids=catalogue)
         except ExportError as exc:  # a refusal like the gate's: a periodic round logs it and keeps serving
             whose = f" for platform {platform}" if platform is not None else ""
-            raise ModelRejected(f"candidate{whose} refused before publishing: {exc}") from exc
+            raise ExportRefused(f"candidate{whose} refused before publishing: {exc}") from exc
         np.savez(
             stage / "items.npz",
             ids=np.asarray(catalogue, dtype=str),

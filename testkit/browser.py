@@ -57,9 +57,13 @@ class Browser:
                                       f"--user-data-dir={self._profile.name}", self.url],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)  # its own group: the helpers go with it
-        target = await asyncio.to_thread(self._page_target, 30.0)
-        self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 << 20)
+        try:
+            target = await asyncio.to_thread(self._page_target, 30.0)
+            self._session = aiohttp.ClientSession()
+            self._ws = await self._session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 << 20)
+        except BaseException:
+            await self.__aexit__(None, None, None)  # its own session: nothing else would take it down
+            raise
         return self
 
     def _page_target(self, timeout: float) -> dict[str, Any]:

@@ -40,9 +40,12 @@ def test_paced_load_delivers_every_record_once_on_the_keys_partition(make_settin
     topics = settings.raw_topics()[:3]
     ensure_topics(settings, {t: settings.topic_partitions for t in topics})
     counter = iter(range(10**9))
+    every_due: list[float] = []
 
     def make(due_ms: list[float]) -> list[tuple[str, bytes, bytes]]:
+        # Paced: nothing is made before it falls due, and due times are spaced 1/rate apart, in order.
         assert due_ms == sorted(due_ms) and due_ms[-1] <= time.time() * 1000 + 1, "due times are past, in order"
+        every_due.extend(due_ms)
         out = []
         for _ in due_ms:
             n = next(counter)
@@ -50,8 +53,10 @@ def test_paced_load_delivers_every_record_once_on_the_keys_partition(make_settin
         return out
 
     rate, seconds = 1500.0, 1.5
-    sent, took = asyncio.run(PacedLoad(settings, "test-load").run(rate, seconds, make))
-    assert took >= seconds and sent == pytest.approx(rate * seconds, rel=0.05)  # paced: not faster than asked
+    sent, _, first_ms = asyncio.run(PacedLoad(settings, "test-load").run(rate, seconds, make))
+    assert sent == int(rate * seconds) == len(every_due) and every_due[0] == first_ms
+    gaps = [b - a for a, b in zip(every_due, every_due[1:], strict=False)]
+    assert min(gaps) == pytest.approx(1000 / rate, abs=1e-3) and max(gaps) == pytest.approx(1000 / rate, abs=1e-3)
     got = _read_all(settings, topics, settings.topic_partitions, sent)
     values = Counter(v for *_, v in got)
     assert len(got) == sent and set(values.values()) == {1}, "every record exactly once"

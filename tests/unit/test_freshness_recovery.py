@@ -42,3 +42,13 @@ def test_events_produced_before_the_phase_start_count_in_its_first_second() -> N
     series = windows([999_500.0, 1_000_100.0], [40.0, 60.0], 1_000_000.0)
     assert series == [{"from_s": 0.0, "events": 2, "p99_ms": 60.0}]
     assert windows([], [], 0.0) == [] and back_under([], 500.0) is None
+
+
+def test_a_second_whose_p99_was_never_readable_is_not_under_any_goal() -> None:
+    import math
+
+    produced, latency = _phase([100.0, 100.0, 100.0])
+    latency[-3:] = [math.inf] * 3  # 1.5 % of the last second given up on: its p99 is never readable
+    result = recovery(produced, latency, 1_000_000.0, 500.0)
+    assert result["p99_ms_per_second"] == [100.0, 100.0, None]
+    assert result["under_goal_from_s"] is None and result["worst_second_p99_ms"] is None

@@ -126,9 +126,14 @@ def test_platform_candidate_whose_export_fails_parity_is_refused_not_raised(
     real_check = export.check_parity
     # The real check with tolerance 0, which no export meets (it refuses any diff >= tol): a fault to inject.
     monkeypatch.setattr(export, "check_parity", lambda *a, **k: real_check(*a, **{**k, "tol": 0.0}))
-    with pytest.raises(ModelRejected, match="candidate for platform tv refused before publishing: ONNX/PyTorch"):
+    refused = "candidate for platform tv refused before publishing: ONNX/PyTorch"
+    with pytest.raises(ModelRejected, match=refused) as info:
         train(events, root, tiny_config(epochs=1), from_version=shared[1], platform="tv", time_unit="ms")
     assert set(reg.versions()) == before and reg.promoted("tv") is None and reg.promoted() == shared[1]
+    from interest.periodic import refusal
+
+    assert refusal(info.value) == "export check"  # a periodic round's reason names what refused it
+    assert refusal(ModelRejected("worse than the baseline's")) == "quality gate"
 
 
 def test_platform_training_mistakes_are_clear(shared: tuple[Path, str], events: list[dict[str, Any]],
@@ -217,7 +222,7 @@ def test_synthetic_platforms_have_their_own_catalogues_and_tastes() -> None:
 
     adapters = load_adapters()
 
-    def rows(**kw: float) -> list[dict[str, Any]]:
+    def rows(**kw: Any) -> list[dict[str, Any]]:
         traffic = SyntheticTraffic(adapters, users=60, items=200, seed=4, **kw)
         return canonical_rows(traffic.events(3000, 1_700_000_000_000), adapters)
 
