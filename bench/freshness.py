@@ -51,6 +51,7 @@ from bench.common import (
     say,
     target,
 )
+from bench.freshness_plot import plot_freshness
 from bench.hops import assigned, between, scrape
 from bench.load import PacedLoad
 from bench.rate_search import held, probe_rates
@@ -276,27 +277,6 @@ def _wait_ready(proc: Proc, port: int, timeout: float = 120) -> None:
     raise TimeoutError("worker not ready")
 
 
-def _plot(report: dict[str, Any], latencies: dict[str, list[float]], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for result in report["rates"]:
-        values = sorted(latencies.get(f"{result['rate']:g}", []))
-        if values:
-            ys = [(i + 1) / (len(values) + result["unreadable"]) for i in range(len(values))]
-            ax.plot(values, ys, label=f"{result['rate']:g}/s (p99 {result['p99_ms']} ms)")
-    ax.axvline(TARGET_P99_MS, color="red", linestyle="--", label=f"target p99 {TARGET_P99_MS:g} ms @ {TARGET_RATE}/s")
-    ax.set_xscale("log")
-    ax.set_xlabel("event produced -> profile readable (ms)")
-    ax.set_ylabel("share of events")
-    workers = len(report.get("person_partitions_by_worker", [])) or 1
-    ax.set_title(f"freshness, {workers} worker{'s' if workers > 1 else ''}, {report['machine']['cores']} cores, SQLite")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="500,2000,5000", help="comma-separated events/s")
@@ -398,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["after_overload"]["p99_ms"], TARGET_P99_MS, higher_is_better=False)
     report["all_targets_met"] = all(t["met"] for t in report["targets"].values())
     path = plot_path(directory, "freshness")
-    _plot(report, tracker.latencies, path)
+    plot_freshness(report, tracker.latencies, path, TARGET_RATE, TARGET_P99_MS)
     report["plot"] = str(path)
     return emit(report)
 
