@@ -55,7 +55,7 @@ from bench.freshness_plot import plot_freshness
 from bench.hops import assigned, between, scrape
 from bench.load import PacedLoad
 from bench.rate_search import held, probe_rates
-from bench.recovery import recovery
+from bench.recovery import as_ms, quantile, recovery
 from bench.runs import Proc, cpu_seconds
 from interest.embedded import free_port
 from schemas.settings import Settings
@@ -222,11 +222,8 @@ def percentiles(values: list[float], unreadable: int) -> dict[str, float | None]
     if not data:
         return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
 
-    def at(q: float) -> float | None:
-        value = data[min(len(data) - 1, int(q * len(data)))]
-        return None if math.isinf(value) else round(value, 1)
-
-    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0)}
+    return {f"{name}_ms": as_ms(quantile(data, q)) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99),
+                                                                   ("max", 1.0))}
 
 
 def run_rate(settings: Settings, tracker: Tracker, traffic: Any, rate: float, seconds: float, drain_s: float,

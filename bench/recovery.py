@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def p99(values: Sequence[float]) -> float:
-    data = sorted(values)
-    return data[min(len(data) - 1, int(0.99 * len(data)))]
+def quantile(data: Sequence[float], q: float) -> float:
+    """The value at rank ``q`` of sorted, non-empty ``data``: the one definition the freshness numbers use."""
+    return data[min(len(data) - 1, int(q * len(data)))]
 
 
 def windows(produced_ms: Sequence[float], latency_ms: Sequence[float], start_ms: float,
@@ -24,11 +24,11 @@ def windows(produced_ms: Sequence[float], latency_ms: Sequence[float], start_ms:
     by_window: dict[int, list[float]] = {}
     for at, latency in zip(produced_ms, latency_ms, strict=True):
         by_window.setdefault(max(0, int((at - start_ms) / (1000 * width_s))), []).append(latency)
-    return [{"from_s": round(i * width_s, 3), "events": len(v), "p99_ms": _ms(p99(v))}
+    return [{"from_s": round(i * width_s, 3), "events": len(v), "p99_ms": as_ms(quantile(sorted(v), 0.99))}
             for i, v in sorted(by_window.items())]
 
 
-def _ms(value: float) -> float | None:
+def as_ms(value: float) -> float | None:
     """Rounded ms; ``None`` for an event never readable (JSON has no infinity), which no goal is met by."""
     return None if math.isinf(value) else round(value, 1)
 

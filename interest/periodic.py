@@ -83,9 +83,9 @@ async def _read_events(settings: Settings, window_days: float, max_people: int |
 
 def refusal(exc: Exception) -> str:
     """What refused a candidate, for a round's ``reason``: the export's parity check or the quality gate."""
-    from model.publish import ExportRefused
+    from model.export import ExportError
 
-    return "export check" if isinstance(exc, ExportRefused) else "quality gate"
+    return "export check" if isinstance(exc, ExportError) else "quality gate"
 
 
 def run_round(settings: Settings, options: RoundOptions, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:

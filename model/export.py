@@ -34,7 +34,7 @@ from torch import nn
 from model.encoder import InterestEncoder
 from model.features import FeatureSpec, featurize, item_inputs
 from model.fused_graph import fused_sequence_graph, has_fused_graph
-from model.manifest import cpu_session
+from model.manifest import ModelRejected, cpu_session
 from schemas.sequence import SeqEvent
 
 OPSET = 18
@@ -45,8 +45,12 @@ OUTPUT = "interest"
 ITEM_OUTPUT = "item_vector"
 
 
-class ExportError(RuntimeError):
-    """The exported graph does not reproduce the PyTorch model; do not publish it."""
+class ExportError(ModelRejected):
+    """The exported graph does not reproduce the PyTorch model; do not publish it.
+
+    A refusal like the quality gate's (a :class:`ModelRejected`), so whoever publishes a candidate, the
+    periodic trainer among them, reports it and keeps serving the promoted version instead of stopping.
+    """
 
 
 class _ItemTower(nn.Module):

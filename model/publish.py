@@ -81,10 +81,6 @@ def _reference(stage: Path, spec: FeatureSpec, sequences: list[Any], item_ids: l
     }
 
 
-class ExportRefused(ModelRejected):
-    """The candidate's exported graph does not reproduce its weights: refused like the gate's, but not by it."""
-
-
 def _refit_baseline(registry: Registry, version: str, seen: Split) -> float | None:
     """A promoted refit version measured on the very events it was refit on has seen their validation
     targets: compare against its recorded selection-run validation instead (None: measure it)."""
@@ -114,8 +110,8 @@ def publish_trained(
     A platform version (``platform`` and the shared ``parent`` it was fine-tuned from) gets the
     platform's catalogue as item index and is gated against the platform's promoted version,
     measured on the same held-out platform events, or against ``parent`` when there is none yet.
-    An export whose graph does not reproduce the weights is refused as :class:`ModelRejected` too, so a
-    periodic round reports it and the promoted version keeps serving.
+    An export whose graph does not reproduce the weights raises :class:`ExportError`, a
+    :class:`ModelRejected` too, so a periodic round reports it and the promoted version keeps serving.
     """
     model, spec = trained.model, trained.spec
     model.eval()
@@ -127,9 +123,9 @@ def publish_trained(
         stage = Path(tmp)
         try:
             onnx_info = export_all(model, stage, real=valid.histories, item_ids=catalogue)
-        except ExportError as exc:  # a refusal like the gate's: a periodic round logs it and keeps serving
+        except ExportError as exc:  # the same refusal, saying whose candidate it was
             whose = f" for platform {platform}" if platform is not None else ""
-            raise ExportRefused(f"candidate{whose} refused before publishing: {exc}") from exc
+            raise ExportError(f"candidate{whose} refused before publishing: {exc}") from exc
         np.savez(
             stage / "items.npz",
             ids=np.asarray(catalogue, dtype=str),
