@@ -8,6 +8,15 @@ Why it looks the way it does:
 * WAL journal: readers (the query CLI, another process) do not block the
   worker's writes.  ``synchronous=FULL`` by default because ``write_batch``
   promises durability before the worker commits Kafka offsets.
+* 16 KiB pages for a new file, and a page cache of ``cache_mb`` (64 MiB):
+  a person's row is a ~3 KiB sequence blob in a ``WITHOUT ROWID`` table,
+  which on 4 KiB pages spills into overflow pages (an index b-tree keeps at
+  most ~1 KiB of a row on its page), and SQLite's default 2 MiB cache sends
+  most upserts of a batch of random people back to the file.  Measured on
+  upserts of 1 500 random people of 5 000: 66-88 us of CPU per person with
+  SQLite's defaults, 36-41 with these; the file is 43 % smaller.  A file
+  made with other pages keeps them (SQLite changes them only on an empty
+  file): nothing to migrate.
 * One transaction per ``write_batch`` with ``executemany``: all-or-nothing,
   and thousands of rows cost one commit.
 * Last-write-wins in SQL (``ON CONFLICT ... DO UPDATE ... WHERE
@@ -50,6 +59,8 @@ from streams.stores.sqlite_schema import check_schema, init_schema, transaction
 
 T = TypeVar("T")
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
+PAGE_SIZE = 16_384  # of a new file (see the module docstring)
+DEFAULT_CACHE_MB = 64
 
 _COUNTS = attrgetter("event_count", "first_ts_ms", "last_ts_ms")
 
@@ -135,13 +146,17 @@ class SqliteStore:
         erasure_retention_days: int = 30,
         busy_timeout_ms: int = 5000,
         synchronous: str = "FULL",
+        cache_mb: int = DEFAULT_CACHE_MB,
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise StoreError(f"sqlite synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        if not 1 <= cache_mb <= 65_536:
+            raise StoreError(f"sqlite cache_mb must be between 1 and 65536 (MiB), not {cache_mb}")
         self.path = path
         self.retention_ms = erasure_retention_days * 86_400_000
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous.upper()
+        self.cache_mb = cache_mb
         self._conn: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._dim: int | None = None
@@ -172,7 +187,9 @@ class SqliteStore:
             self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # before WAL writes the header; no-op on a used file
         conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA cache_size = {-int(self.cache_mb) * 1024}")  # negative: KiB, not pages
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return conn
 

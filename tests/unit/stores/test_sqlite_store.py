@@ -11,6 +11,7 @@ import pytest
 
 from schemas.settings import Settings
 from streams.stores import sqlite as sqlite_module
+from streams.stores import sqlite_schema
 from streams.stores.base import StoreBatch, StoreError, StoreUnavailable
 from streams.stores.factory import open_store
 
@@ -84,6 +85,34 @@ def test_erasure_marker_expires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_unknown_url_option_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="busy_timeout"):
         open_store(settings_for(tmp_path / "x.db", "?busy_timeout=5"))
+
+
+def test_a_new_file_gets_16k_pages_and_the_page_cache_an_old_file_keeps_its_pages(tmp_path: Path) -> None:
+    """New stores get the pages and cache the hot path was measured with; a file made before keeps working."""
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("PRAGMA journal_mode = WAL")
+    sqlite_schema.init_schema(conn, DIM)
+    conn.close()
+    with running_store("sqlite", settings_for(old, "?cache_mb=8")) as env:
+        env.run(env.store.write_batch(StoreBatch(states=[state(f"p{i}", 1, n_events=50) for i in range(300)])))
+        assert env.store.cache_mb == 8
+        assert env.run(env.store.count_states()) == 300
+    with running_store("sqlite", settings_for(tmp_path / "new.db")) as env:
+        env.run(env.store.write_batch(StoreBatch(states=[state("a", 1)])))
+        assert env.run(env.store._call(lambda c: c.execute("PRAGMA cache_size").fetchone()[0])) == -64 * 1024
+    page_size = {name: sqlite3.connect(tmp_path / name).execute("PRAGMA page_size").fetchone()[0]
+                 for name in ("old.db", "new.db")}
+    assert page_size == {"old.db": 4096, "new.db": 16_384}
+    assert sqlite3.connect(old).execute("SELECT count(*) FROM sequences").fetchone()[0] == 300
+
+
+@pytest.mark.parametrize(("query", "message"), [("?cache_mb=0", "between 1 and 65536"),
+                                                 ("?cache_mb=lots", "cache_mb must be an integer")])
+def test_a_bad_cache_size_is_a_clear_error(tmp_path: Path, query: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        open_store(settings_for(tmp_path / "x.db", query))
 
 
 def test_a_worker_sized_batch_is_fast(tmp_path: Path) -> None:
