@@ -40,6 +40,7 @@ class PacedLoad:
         self.client_id = client_id
         self.tick_s = tick_s
         self.max_per_tick = max_per_tick
+        self.record_batches = 0  # produce-request batches sent: the objects the embedded broker keeps per batch
         self._partitions: dict[str, list[int]] = {}
         self._partition_of: dict[tuple[str, bytes], int] = {}
 
@@ -91,10 +92,12 @@ class PacedLoad:
                 builder = builders[where] = producer.create_batch()
             if builder.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
                 futures.add(await producer.send_batch(builder, where[0], partition=where[1]))
+                self.record_batches += 1
                 builder = builders[where] = producer.create_batch()
                 builder.append(key=key, value=value, timestamp=None)  # a fresh batch takes any first record
         for (topic, partition), builder in builders.items():
             futures.add(await producer.send_batch(builder, topic, partition=partition))
+        self.record_batches += len(builders)
         return futures
 
     async def _partition(self, producer: Any, topic: str, key: bytes) -> int:

@@ -153,3 +153,14 @@ def test_broker_hop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fresh = report["fresh_topic"]  # the second topic on the same broker, read back whole as well
     assert fresh["sent"] > 0 and fresh["received"] == fresh["sent"]
     assert sum(w["messages"] for w in fresh["windows"]) == fresh["received"]
+
+
+def test_broker_fetch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.broker_fetch import main
+
+    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path)], capsys)
+    levels = report["levels"]
+    assert [lv["stored_batches"] for lv in levels] == [1, 301, 600]  # filled exactly as asked
+    assert all(lv["newest_returned"] == report["probes"] for lv in levels)  # each fetch of the newest found it
+    assert all(0 < lv["newest_p50_ms"] <= lv["newest_p90_ms"] for lv in levels)
+    assert report["targets"]["fetch_growth"]["value"] == report["ratios"]["last_vs_first_newest_p50"]

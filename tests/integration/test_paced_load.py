@@ -53,7 +53,8 @@ def test_paced_load_delivers_every_record_once_on_the_keys_partition(make_settin
         return out
 
     rate, seconds = 1500.0, 1.5
-    sent, _, first_ms = asyncio.run(PacedLoad(settings, "test-load").run(rate, seconds, make))
+    load = PacedLoad(settings, "test-load")
+    sent, _, first_ms = asyncio.run(load.run(rate, seconds, make))
     assert sent == int(rate * seconds) == len(every_due) and every_due[0] == first_ms
     gaps = [b - a for a, b in zip(every_due, every_due[1:], strict=False)]
     assert min(gaps) == pytest.approx(1000 / rate, abs=1e-3) and max(gaps) == pytest.approx(1000 / rate, abs=1e-3)
@@ -61,6 +62,8 @@ def test_paced_load_delivers_every_record_once_on_the_keys_partition(make_settin
     values = Counter(v for *_, v in got)
     assert len(got) == sent and set(values.values()) == {1}, "every record exactly once"
     assert values.keys() == {f"event-{n}".encode() for n in range(sent)}
+    # one batch per (topic, partition) per tick: at least one per partition used, fewer than one per record
+    assert len({(t, p) for t, p, *_ in got}) <= load.record_batches < sent
     for topic, partition, key, value in got:
         n = int(value.split(b"-")[1])
         assert topic == topics[n % len(topics)] and key == f"person-{n % 37}".encode()
