@@ -65,6 +65,15 @@ TARGET_RATE, TARGET_P99_MS = 2000, 500.0
 LOOKUP_CHUNK = 500
 
 
+def select_in(conn: sqlite3.Connection, query: str, ids: list[str], tail: str = "") -> list[Any]:
+    """``query (?, ?, ...) tail`` over ``ids`` in chunks of ``LOOKUP_CHUNK``: the rows of every chunk."""
+    rows: list[Any] = []
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        part = ids[start : start + LOOKUP_CHUNK]
+        rows += conn.execute(f"{query} ({','.join('?' * len(part))}){tail}", part).fetchall()
+    return rows
+
+
 class Tracker:
     """Outstanding produced events per person, and the moment each becomes readable.
 
@@ -133,14 +142,10 @@ class Tracker:
         """
         with self.lock:
             people = list(self.pending)
-        changed: list[str] = []
-        for start in range(0, len(people), LOOKUP_CHUNK):
-            part = people[start : start + LOOKUP_CHUNK]
-            rows = conn.execute("SELECT person_id, MAX(write_ts) FROM profiles WHERE person_id IN "
-                                f"({','.join('?' * len(part))}) GROUP BY person_id", part).fetchall()
-            with self.lock:
-                changed += [person for person, write_ts in rows if write_ts != self.seen.get(person)]
-        return changed
+        rows = select_in(conn, "SELECT person_id, MAX(write_ts) FROM profiles WHERE person_id IN", people,
+                         " GROUP BY person_id")
+        with self.lock:
+            return [person for person, write_ts in rows if write_ts != self.seen.get(person)]
 
     def _run(self) -> None:
         conn = sqlite3.connect(self.db_path, timeout=5)
@@ -156,11 +161,8 @@ class Tracker:
                     continue
                 version = now_version
                 changed = self._changed(conn)
-                windows: list[tuple[str, bytes, int]] = []
-                for start in range(0, len(changed), LOOKUP_CHUNK):
-                    part = changed[start : start + LOOKUP_CHUNK]
-                    windows += conn.execute("SELECT person_id, events, write_ts FROM sequences WHERE person_id IN "
-                                            f"({','.join('?' * len(part))})", part).fetchall()
+                windows = select_in(conn, "SELECT person_id, events, write_ts FROM sequences WHERE person_id IN",
+                                    changed)
                 now = time.time() * 1000
                 with self.lock:
                     for person, events, write_ts in windows:

@@ -52,3 +52,14 @@ def test_a_second_whose_p99_was_never_readable_is_not_under_any_goal() -> None:
     result = recovery(produced, latency, 1_000_000.0, 500.0)
     assert result["p99_ms_per_second"] == [100.0, 100.0, None]
     assert result["under_goal_from_s"] is None and result["worst_second_p99_ms"] is None
+
+
+def test_a_second_without_events_keeps_its_place_and_counts_as_neither() -> None:
+    produced, latency = _phase([900.0, 100.0, 100.0, 100.0])
+    keep = [i for i, at in enumerate(produced) if not 1_001_000.0 <= at < 1_002_000.0]  # second 1: nothing produced
+    result = recovery([produced[i] for i in keep], [latency[i] for i in keep], 1_000_000.0, 500.0)
+    assert result["p99_ms_per_second"] == [900.0, None, 100.0, 100.0]  # index = second, the gap included
+    assert result["events_per_second"] == [200, 0, 200, 200]
+    assert result["under_goal_from_s"] == 2.0 and result["worst_second_p99_ms"] == 900.0
+    slow_then_gap = recovery(*_phase([100.0, 900.0]), 1_000_000.0, 500.0)
+    assert slow_then_gap["under_goal_from_s"] is None
