@@ -57,8 +57,10 @@ async def _fetch_ms(client: Any, node: int, offset: int) -> tuple[float, int]:
     started = time.perf_counter()
     response = await client.send(node, request)
     took = (time.perf_counter() - started) * 1000
-    partition = response.topics[0][1][0]
-    return took, len(partition[-1] or b"")
+    partitions = [p for _, parts in response.topics for p in parts]
+    if len(partitions) != 1 or partitions[0][1] != 0:  # [partition, error_code, ..., records]
+        raise RuntimeError(f"fetch of {TOPIC}[0] at offset {offset} answered {response}")
+    return took, len(partitions[0][-1] or b"")
 
 
 async def measure(url: str, batches: int, step: int, probes: int) -> list[dict[str, Any]]:
@@ -88,7 +90,7 @@ async def measure(url: str, batches: int, step: int, probes: int) -> list[dict[s
                 end.append((await _fetch_ms(client, node, stored))[0])
             levels.append({"stored_batches": stored, "newest_p50_ms": percentile(newest, 0.5),
                            "newest_p90_ms": percentile(newest, 0.9), "end_p50_ms": percentile(end, 0.5),
-                           "newest_returned": returned})
+                           "newest_returned": returned, "fill_per_s": None})
             say(f"{stored} batches stored: fetch of the newest p50 {levels[-1]['newest_p50_ms']} ms, "
                 f"of the end {levels[-1]['end_p50_ms']} ms")
             if stored >= batches:
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", default=str(BENCH_DIR))
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     args = parser.parse_args(argv)
+    if min(args.batches, args.step, args.probes) < 1:
+        parser.error("--batches, --step and --probes must be at least 1")
     if args.quick:
         args.batches, args.step, args.probes = min(args.batches, 600), min(args.step, 300), min(args.probes, 5)
     directory = out_dir(args.out_dir, "broker_fetch")

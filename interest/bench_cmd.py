@@ -21,6 +21,7 @@ BENCHES = {
     "freshness": "event produced -> profile readable p50/p95/p99 at fixed rates",
     "broker_hop": "the floor under freshness: one produce -> consume hop through the broker, per 5 s window",
     "broker_fetch": "what one fetch costs on the embedded broker as a partition fills with record batches",
+    "store_write": "the SQLite store's write path alone: CPU per person, SQLite's defaults vs the shipped options",
     "encoder": "onnxruntime vs PyTorch eager people/s by batch and sequence length (CUDA when present)",
     "memory": "peak RSS of a worker through a catch-up",
     "quality": "MovieLens-100K NDCG@10 / HR@10 vs popularity, with training time",

@@ -171,7 +171,7 @@ class PlatformAdapter:
             raise _Invalid("empty_id", f"field '{name}' is empty (platform {self.platform})")
         if not text.strip():
             raise _Invalid("blank_id", f"field '{name}' is only whitespace (platform {self.platform})")
-        if len(text) > MAX_ID_BYTES // 4:  # at most 4 UTF-8 bytes a character: shorter ones cannot be over
+        if len(text) > MAX_ID_BYTES // 4 or not text.isascii():  # ASCII is a byte a character
             size = len(text.encode("utf-8"))
             if size > MAX_ID_BYTES:
                 raise _Invalid("oversized_id", f"field '{name}' is {size} bytes, over the {MAX_ID_BYTES}-byte limit")

@@ -12,11 +12,11 @@ Why it looks the way it does:
   a person's row is a ~3 KiB sequence blob in a ``WITHOUT ROWID`` table,
   which on 4 KiB pages spills into overflow pages (an index b-tree keeps at
   most ~1 KiB of a row on its page), and SQLite's default 2 MiB cache sends
-  most upserts of a batch of random people back to the file.  Measured on
-  upserts of 1 500 random people of 5 000: 66-88 us of CPU per person with
-  SQLite's defaults, 36-41 with these; the file is 43 % smaller.  A file
-  made with other pages keeps them (SQLite changes them only on an empty
-  file): nothing to migrate.
+  most upserts of a batch of random people back to the file.  ``python -m
+  bench.store_write`` (batches of 1 500 random people of 5 000): 190-208 us of
+  CPU per person with SQLite's defaults, 132-146 with these, and a 30 %
+  smaller file.  A file made with other pages keeps them (SQLite changes them
+  only on an empty file): nothing to migrate.
 * One transaction per ``write_batch`` with ``executemany``: all-or-nothing,
   and thousands of rows cost one commit.
 * Last-write-wins in SQL (``ON CONFLICT ... DO UPDATE ... WHERE

@@ -162,5 +162,21 @@ def test_broker_fetch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     levels = report["levels"]
     assert [lv["stored_batches"] for lv in levels] == [1, 301, 600]  # filled exactly as asked
     assert all(lv["newest_returned"] == report["probes"] for lv in levels)  # each fetch of the newest found it
-    assert all(0 < lv["newest_p50_ms"] <= lv["newest_p90_ms"] for lv in levels)
+    assert all(0 <= lv["newest_p50_ms"] <= lv["newest_p90_ms"] for lv in levels)
     assert report["targets"]["fetch_growth"]["value"] == report["ratios"]["last_vs_first_newest_p50"]
+
+
+def test_store_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    from bench.store_write import main
+
+    report = run_bench(main, ["--quick", "--out-dir", str(tmp_path)], capsys)
+    assert all(run["cpu_us_per_person"] > 0 for runs in report["runs"].values() for run in runs)
+    pages = {}
+    for name in ("sqlite_defaults", "shipped"):  # each variant measured the file layout it names
+        with closing(sqlite3.connect(tmp_path / "store_write" / f"{name}-0.db")) as conn:
+            pages[name] = conn.execute("PRAGMA page_size").fetchone()[0]
+            assert conn.execute("SELECT count(*) FROM profiles").fetchone()[0] > 0
+    assert pages == {"sqlite_defaults": 4096, "shipped": 16_384}

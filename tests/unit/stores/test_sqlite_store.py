@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -95,17 +96,24 @@ def test_a_new_file_gets_16k_pages_and_the_page_cache_an_old_file_keeps_its_page
     conn.execute("PRAGMA journal_mode = WAL")
     sqlite_schema.init_schema(conn, DIM)
     conn.close()
+    def cache_size(store: object) -> int:
+        assert isinstance(store, sqlite_module.SqliteStore)
+        return int(env.run(store._call(lambda c: c.execute("PRAGMA cache_size").fetchone()[0])))
+
     with running_store("sqlite", settings_for(old, "?cache_mb=8")) as env:
         env.run(env.store.write_batch(StoreBatch(states=[state(f"p{i}", 1, n_events=50) for i in range(300)])))
-        assert env.store.cache_mb == 8
+        assert cache_size(env.store) == -8 * 1024  # KiB: what the URL asked for
         assert env.run(env.store.count_states()) == 300
     with running_store("sqlite", settings_for(tmp_path / "new.db")) as env:
         env.run(env.store.write_batch(StoreBatch(states=[state("a", 1)])))
-        assert env.run(env.store._call(lambda c: c.execute("PRAGMA cache_size").fetchone()[0])) == -64 * 1024
-    page_size = {name: sqlite3.connect(tmp_path / name).execute("PRAGMA page_size").fetchone()[0]
-                 for name in ("old.db", "new.db")}
+        assert cache_size(env.store) == -64 * 1024
+    page_size: dict[str, int] = {}
+    for name in ("old.db", "new.db"):
+        with closing(sqlite3.connect(tmp_path / name)) as conn:
+            page_size[name] = conn.execute("PRAGMA page_size").fetchone()[0]
+            if name == "old.db":
+                assert conn.execute("SELECT count(*) FROM sequences").fetchone()[0] == 300
     assert page_size == {"old.db": 4096, "new.db": 16_384}
-    assert sqlite3.connect(old).execute("SELECT count(*) FROM sequences").fetchone()[0] == 300
 
 
 @pytest.mark.parametrize(("query", "message"), [("?cache_mb=0", "between 1 and 65536"),
