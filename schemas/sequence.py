@@ -45,15 +45,28 @@ def erasure_write_ts(erased_ms: int) -> int:
 
 
 def _weight(age_ms: int) -> int:
+    """One event's share of a window's write timestamp (the definition ``window_write_ts`` sums)."""
     return WEIGHT_MAX - min(WEIGHT_MAX - 1, int(math.log1p(max(0, age_ms)) * _AGE_SCALE))
 
 
 def window_write_ts(events: Sequence[SeqEvent]) -> int:
-    """The content-derived write timestamp of a kept window (0 for an empty one)."""
+    """The content-derived write timestamp of a kept window (0 for an empty one).
+
+    ``(newest << TS_SHIFT) + sum(_weight(newest - ts))`` over the window, computed as ``n * WEIGHT_MAX``
+    less each event's bucket, with the same float operations in the same order (so the very same
+    integers: every worker must agree on them), in one loop without a call per event.  Why: the update
+    stage computes it for every person a batch changes, and 50 calls of ``_weight`` cost ~29 us a person.
+    """
     if not events:
         return 0
-    newest = max(e.ts_ms for e in events)
-    return (newest << TS_SHIFT) + sum(_weight(newest - e.ts_ms) for e in events)
+    times = [e.ts_ms for e in events]
+    newest = max(times)  # so every age is >= 0 and _weight's max(0, age) changes nothing
+    log1p, scale, cap = math.log1p, _AGE_SCALE, WEIGHT_MAX - 1
+    buckets = 0
+    for ts in times:
+        bucket = int(log1p(newest - ts) * scale)
+        buckets += bucket if bucket < cap else cap
+    return (newest << TS_SHIFT) + len(times) * WEIGHT_MAX - buckets
 
 
 @dataclass(frozen=True, slots=True)
