@@ -30,7 +30,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, command, embedded_broker, emit, machine, out_dir, percentile, ratio, say, target
+from bench.common import (
+    BENCH_DIR,
+    command,
+    create_topic,
+    embedded_broker,
+    emit,
+    machine,
+    out_dir,
+    percentile,
+    ratio,
+    say,
+    target,
+)
 
 GROWTH_MAX = 1.5
 # The worker's fetch wait for the newest record: the broker answers as soon as its pass found the record, but a
@@ -69,16 +81,11 @@ async def _fetch_ms(client: Any, node: int, offset: int, wait_ms: int) -> tuple[
     return took, len(partitions[0][-1] or b"")
 
 
-async def measure(url: str, batches: int, step: int, probes: int) -> list[dict[str, Any]]:
+async def measure(host: str, batches: int, step: int, probes: int) -> list[dict[str, Any]]:
+    """The levels of one partition on the broker at ``host`` (``host:port``), filled to ``batches``."""
     from aiokafka import AIOKafkaClient, AIOKafkaProducer
-    from kafka.admin import KafkaAdminClient, NewTopic
 
-    host = url.removeprefix("kafka://")
-    admin = KafkaAdminClient(bootstrap_servers=host, client_id="bench-broker-fetch")
-    try:
-        admin.create_topics([NewTopic(TOPIC, 1, 1)])
-    finally:
-        admin.close()
+    create_topic(host, TOPIC, 1, "bench-broker-fetch")
     producer = AIOKafkaProducer(bootstrap_servers=host, acks=1, linger_ms=0)
     client = AIOKafkaClient(bootstrap_servers=host)
     await producer.start()
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     directory = out_dir(args.out_dir, "broker_fetch")
     say(f"one partition of the embedded broker filled to {args.batches} single-record batches")
     with embedded_broker(Path(directory)) as broker:
-        levels = asyncio.run(measure(broker.url, args.batches, args.step, args.probes))
+        levels = asyncio.run(measure(broker.bootstrap, args.batches, args.step, args.probes))
     first, last = levels[0], levels[-1]
     span = last["stored_batches"] - first["stored_batches"]
     slope = (last["newest_p50_ms"] - first["newest_p50_ms"]) / span * 10_000 if span else None

@@ -24,7 +24,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, command, embedded_broker, emit, machine, out_dir, percentile, ratio, say, target
+from bench.common import (
+    BENCH_DIR,
+    command,
+    create_topic,
+    embedded_broker,
+    emit,
+    machine,
+    out_dir,
+    percentile,
+    ratio,
+    say,
+    target,
+)
 
 WINDOW_S = 5.0
 # Freshness allows 500 ms for two hops and the update: one hop's share is at most half of it.  A broker
@@ -36,14 +48,9 @@ def measure(url: str, rate: float, seconds: float, partitions: int = 12, fetch_w
             linger_ms: int = 1) -> dict[str, Any]:
     """Produce at ``rate`` for ``seconds``; (consume time, latency ms) of every message read back."""
     from kafka import KafkaConsumer, KafkaProducer
-    from kafka.admin import KafkaAdminClient, NewTopic
 
     topic = f"hop-{int(time.time() * 1000)}"
-    admin = KafkaAdminClient(bootstrap_servers=url, client_id="bench-hop")
-    try:
-        admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        admin.close()
+    create_topic(url, topic, partitions, "bench-hop")
     seen: list[tuple[float, float]] = []
     stop, assigned = threading.Event(), threading.Event()
     consumer = KafkaConsumer(bootstrap_servers=url, group_id=f"{topic}-g", auto_offset_reset="earliest",

@@ -115,6 +115,17 @@ def out_dir(base: str | os.PathLike[str], name: str) -> Path:
 
 
 # -- broker and settings --------------------------------------------------------------
+def create_topic(bootstrap: str, name: str, partitions: int, client_id: str) -> None:
+    """One topic of a bench's own (replication 1: the embedded broker is one node)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        admin.close()
+
+
 @contextmanager
 def embedded_broker(directory: Path) -> Iterator[EmbeddedBroker]:
     """A fresh Tansu broker (memory storage) for one benchmark run."""

@@ -59,19 +59,9 @@ from bench.recovery import as_ms, quantile, recovery
 from bench.runs import Proc, cpu_seconds
 from interest.embedded import free_port
 from schemas.settings import Settings
+from streams.stores.sqlite import select_in
 
 TARGET_RATE, TARGET_P99_MS = 2000, 500.0
-# People per ``IN (...)`` lookup: well under SQLite's bound variables limit.
-LOOKUP_CHUNK = 500
-
-
-def select_in(conn: sqlite3.Connection, query: str, ids: list[str], tail: str = "") -> list[Any]:
-    """``query (?, ?, ...) tail`` over ``ids`` in chunks of ``LOOKUP_CHUNK``: the rows of every chunk."""
-    rows: list[Any] = []
-    for start in range(0, len(ids), LOOKUP_CHUNK):
-        part = ids[start : start + LOOKUP_CHUNK]
-        rows += conn.execute(f"{query} ({','.join('?' * len(part))}){tail}", part).fetchall()
-    return rows
 
 
 class Tracker:

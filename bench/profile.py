@@ -115,7 +115,7 @@ RULES: tuple[Rule, ...] = (
          under=r"_drain_messages|Fetcher\._fetcher|ServiceThread\._start_thread"),
     Rule("faust per-message", FAUST, "the rest of Faust: streams, channels and events of both topics"),
     Rule("consumer fetch", r"\(aiokafka/(consumer|record)", "aiokafka fetching and parsing records (both topics)"),
-    Rule("store read", r"load_(states|erasures|links)|resolve_links|_select_in|_query \(streams|_states \(streams",
+    Rule("store read", r"load_(states|erasures|links)|resolve_links|select_in|_query \(streams|_states \(streams",
          "state, erasure and link reads of every batch (cache misses go to SQLite)"),
     Rule("encode: featurize", r"\(model/features\.py\)", "sequences -> padded id/feature arrays"),
     Rule("encode: interests", r"\(model/interests\.py\)", "several interests per person over the encoder output"),

@@ -232,19 +232,19 @@ class SqliteStore:
         return await self._call(_query, sql, params)
 
     async def load_states(self, person_ids: Sequence[str]) -> dict[str, PersonState]:
-        rows = await self._call(_select_in, _SQL["states_in"], person_ids)
+        rows = await self._call(select_in, _SQL["states_in"], person_ids)
         return {row[0]: _state_from_row(row) for row in rows}
 
     async def load_erasures(self, person_ids: Sequence[str]) -> dict[str, ErasureMarker]:
         now_ms = int(time.time() * 1000)
-        rows = await self._call(_select_in, _SQL["erasures_in"], person_ids)
+        rows = await self._call(select_in, _SQL["erasures_in"], person_ids)
         return {r[0]: ErasureMarker(r[0], r[1]) for r in rows if r[2] > now_ms}
 
     async def resolve_links(self, anon_person_ids: Sequence[str]) -> dict[str, str]:
-        return {r[0]: r[1] for r in await self._call(_select_in, _SQL["links_in"], anon_person_ids)}
+        return {r[0]: r[1] for r in await self._call(select_in, _SQL["links_in"], anon_person_ids)}
 
     async def load_links(self, anon_person_ids: Sequence[str]) -> dict[str, IdentityLinkRecord]:
-        rows = await self._call(_select_in, _SQL["links_full_in"], anon_person_ids)
+        rows = await self._call(select_in, _SQL["links_full_in"], anon_person_ids)
         return {r[0]: IdentityLinkRecord(r[0], r[1], r[2]) for r in rows}
 
     async def write_batch(self, batch: StoreBatch) -> None:
@@ -328,10 +328,11 @@ def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tu
     return conn.execute(sql, params).fetchall()
 
 
-def _select_in(conn: sqlite3.Connection, prefix: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+def select_in(conn: sqlite3.Connection, prefix: str, ids: Sequence[str], tail: str = "") -> list[tuple[Any, ...]]:
+    """``prefix (?, ?, ...) tail`` over ``ids``, in chunks below SQLite's variable limit: every chunk's rows."""
     out: list[tuple[Any, ...]] = []
     for chunk in _chunks(ids):
-        out.extend(conn.execute(f"{prefix} ({','.join('?' * len(chunk))})", chunk).fetchall())
+        out.extend(conn.execute(f"{prefix} ({','.join('?' * len(chunk))}){tail}", chunk).fetchall())
     return out
 
 
@@ -344,7 +345,7 @@ def _write(conn: sqlite3.Connection, states: Rows, profiles: Rows, links: Rows, 
         # An erasure committed after the worker read its markers: writing would bring erased events back.
         # Refuse inside the transaction; the update stage retries, reads the marker and rebuilds the state.
         now = int(time.time() * 1000)
-        for person, erased_ms, expires_ms in _select_in(conn, _SQL["erasures_in"], list(oldest)):
+        for person, erased_ms, expires_ms in select_in(conn, _SQL["erasures_in"], list(oldest)):
             if expires_ms > now and oldest[person] <= erased_ms:  # the rule load_erasures applies
                 raise StoreUnavailable(f"{person} was erased at {erased_ms} while this batch was in flight")
         conn.executemany("DELETE FROM sequences WHERE person_id = ? AND write_ts <= ?", removed)

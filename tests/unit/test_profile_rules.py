@@ -45,7 +45,7 @@ POOL = ("Thread._bootstrap (threading.py);Thread.run (threading.py);_worker (con
      "CanonicalEvent.from_dict (schemas/events.py)", "second hop"),
     ("update (streams/app.py);UpdateStage.consume (streams/stages.py);take_events (faust/streams.py)", "second hop"),
     (f"{UPDATE};ProfileUpdater._merge (streams/updater.py);merge_events (streams/updater.py)", "merge"),
-    (f"{POOL};SqliteStore._guarded (streams/stores/sqlite.py);_select_in (streams/stores/sqlite.py)", "store read"),
+    (f"{POOL};SqliteStore._guarded (streams/stores/sqlite.py);select_in (streams/stores/sqlite.py)", "store read"),
     (f"{POOL};SqliteStore._guarded (streams/stores/sqlite.py);_write (streams/stores/sqlite.py)", "store write"),
     (f"{POOL};ProfileUpdater._vectors (streams/updater.py);encode_with_interests (model/interests.py);"
      "EncoderRuntime.encode (model/runtime.py);featurize (model/features.py)", "encode: featurize"),

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 
-from schemas.sequence import TS_SHIFT, SeqEvent, _weight, window_write_ts
+from schemas.sequence import _AGE_SCALE, TS_SHIFT, WEIGHT_MAX, SeqEvent, window_write_ts
+
+
+def _weight(age_ms: int) -> int:
+    """One event's share of a window's write timestamp: the definition (schemas.sequence's block comment)."""
+    return WEIGHT_MAX - min(WEIGHT_MAX - 1, int(math.log1p(max(0, age_ms)) * _AGE_SCALE))
 
 
 def _defined(events: list[SeqEvent]) -> int:
