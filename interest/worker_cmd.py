@@ -96,10 +96,10 @@ def run_worker(settings: object) -> None:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     try:
         check_kafka_access(settings)
-    except KafkaConfigError as exc:  # wrong credentials or CA: no retry fixes it, say which setting to fix
+        ensure_topics(settings, worker_topics(settings))
+    except KafkaConfigError as exc:  # wrong credentials, CA or person-topic partitions: say which setting to fix
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    ensure_topics(settings, worker_topics(settings))
     if settings.worker_stages == "all" and settings.ingest_reader == "batch":
         _seed_raw_group(settings)
     # The encode and store threads hold the GIL for up to this long before the event loop, which does

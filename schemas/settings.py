@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     person_topic: str = Field("interest.by_person", description="Internal topic keyed by person")
     person_partitions: int = Field(8, ge=1, le=1024, description="Partitions of the person topic")
     topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions for raw topics we create")
+    kafka_topic_replication: int = Field(
+        -1, ge=-1, le=32,
+        description="Replicas of each topic the worker creates (raw, identity, person, DLQ, models); -1: the "
+        "cluster's default.replication.factor (Kafka >= 2.4), as Kafka Streams does. The person topic holds "
+        "events whose raw offsets are already committed, so on a real cluster it needs the usual 3 copies",
+    )
     kafka_security_protocol: KafkaSecurity = KafkaSecurity.PLAINTEXT
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
     kafka_sasl_username: str | None = None
@@ -169,6 +175,13 @@ class Settings(BaseSettings):
         "without committing (keep it below the pod's termination grace period)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("kafka_topic_replication")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("kafka_topic_replication must be -1 (the cluster's default) or at least 1")
+        return value
 
     @field_validator("platforms", "topics", "platforms_served", mode="before")
     @classmethod

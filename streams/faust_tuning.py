@@ -121,7 +121,9 @@ def lean_app(settings: Settings, **overrides: Any) -> LeanApp:
         "broker_credentials": faust_credentials(settings),
         "store": "memory://",
         "topic_partitions": settings.topic_partitions,
-        "topic_replication_factor": 1,
+        # Every data topic exists before Faust starts (ensure_topics, with kafka_topic_replication); Faust only
+        # declares its assignor's leader topic, which carries no data.  Faust takes no -1 (broker default).
+        "topic_replication_factor": max(settings.kafka_topic_replication, 1),
         "topic_allow_declare": True,
         "broker_session_timeout": settings.session_timeout_s,
         "broker_heartbeat_interval": settings.heartbeat_interval_s,

@@ -88,17 +88,33 @@ def faust_credentials(settings: Settings) -> Any:
 
 
 def ensure_topics(settings: Settings, topics: dict[str, int]) -> None:
-    """Create missing topics with the given partition counts (idempotent)."""
+    """Create missing topics with the given partition counts and ``kafka_topic_replication`` (idempotent).
+
+    Raises ``KafkaConfigError`` when the person topic already exists with a partition count other than
+    ``person_partitions``.  Why: the ingest stage picks each person's partition itself (a hash modulo
+    ``person_partitions``), so a topic with fewer partitions would hold the stage on every produce to a
+    partition it lacks, and one that had more would hand a changed person count's people to other
+    partitions, and so other owners, than the events already in flight.  The raw topics may have any count.
+    """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     admin = KafkaAdminClient(**kafka_python_options(settings), client_id="interest-admin")
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
+        replicas = settings.kafka_topic_replication
+        missing = [NewTopic(name, parts, replicas) for name, parts in topics.items() if name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
+        person = settings.person_topic
+        if person in topics and person in existing:
+            found = len(admin.describe_topics([person])[0].get("partitions") or [])
+            if found != topics[person]:
+                raise KafkaConfigError(
+                    f"the person topic {person!r} has {found} partitions but INTEREST_PERSON_PARTITIONS is "
+                    f"{topics[person]}: set it to {found}, or name a new topic in INTEREST_PERSON_TOPIC "
+                    "(people are routed by their count, so it cannot change under a running deployment)")
     finally:
         admin.close()
 
