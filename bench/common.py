@@ -16,6 +16,7 @@ a benchmark measures is the cost a real deployment pays, but reruns do not pay t
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -126,9 +127,52 @@ def create_topic(bootstrap: str, name: str, partitions: int, client_id: str) -> 
         admin.close()
 
 
+class ClusterBroker:
+    """A broker this run did not start (``--broker``): an address, and no process whose CPU is ours to read."""
+
+    proc = None
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(Settings.model_construct(broker_url=self.url).bootstrap_servers())
+
+
+def add_broker_option(parser: argparse.ArgumentParser) -> None:
+    """``--broker URL``: the same bench on an existing Kafka cluster instead of a fresh embedded one.
+
+    Why: the embedded broker's fetch cost grows with every record batch it keeps (``bench.broker_fetch``),
+    which is what bounds freshness after an overload here; on a real cluster the same run tells the
+    worker's share apart.  Security comes from the usual ``INTEREST_KAFKA_*`` settings.
+    """
+    parser.add_argument("--broker", metavar="URL", default=None, type=_broker_address,
+                        help="an existing Kafka cluster (kafka://host:9092,host2:9092) instead of a fresh embedded "
+                        "broker; its security from INTEREST_KAFKA_*; the run makes topics of its own there (a prefix "
+                        "per run) and leaves them")
+
+
+def _broker_address(url: str) -> str:
+    """A ``--broker`` value that names at least one ``host:port``; refused at parse time otherwise."""
+    hosts = Settings.model_construct(broker_url=url).bootstrap_servers()
+    if not hosts or not all(h.rpartition(":")[0] and h.rpartition(":")[2].isdigit() for h in hosts):
+        raise argparse.ArgumentTypeError(f"{url!r}: expected kafka://host:port[,host:port...]")
+    return url
+
+
+def broker_name(broker: EmbeddedBroker | ClusterBroker) -> str:
+    """What the report says the run used."""
+    return "embedded Tansu (memory storage)" if isinstance(broker, EmbeddedBroker) else broker.url
+
+
 @contextmanager
-def embedded_broker(directory: Path) -> Iterator[EmbeddedBroker]:
-    """A fresh Tansu broker (memory storage) for one benchmark run."""
+def embedded_broker(directory: Path, url: str | None = None) -> Iterator[EmbeddedBroker | ClusterBroker]:
+    """A fresh Tansu broker (memory storage) for one benchmark run, or the cluster at ``url`` (``--broker``)."""
+    if url:
+        say(f"broker {url} (not started by this run)")
+        yield ClusterBroker(url)
+        return
     with EmbeddedBroker(log_file=directory / "broker.log") as broker:
         say(f"embedded broker on {broker.url}")
         yield broker

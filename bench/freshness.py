@@ -38,7 +38,9 @@ from bench.broker_floor import BrokerFloor
 from bench.common import (
     BENCH_DIR,
     QUICK_SETTINGS,
+    add_broker_option,
     bench_settings,
+    broker_name,
     command,
     embedded_broker,
     emit,
@@ -288,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--broker-floor", action="store_true",
                         help="also read the raw topics with a plain consumer: hop 1 without the worker, per rate")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
+    add_broker_option(parser)
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if args.quick:
@@ -305,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     traffic = SyntheticTraffic(load_adapters(), users=args.users, items=args.items, seed=args.seed,
                                anonymous_share=0.0)
-    with embedded_broker(directory) as broker:
+    with embedded_broker(directory, args.broker) as broker:
+        report["broker"] = broker_name(broker)
         settings = bench_settings(broker.url, directory, f"f{int(time.time())}", registry,
                                   **(QUICK_SETTINGS if args.quick else {}))
         report["settings"] = knobs(settings) | {"workers": args.workers, "split": args.split}
@@ -318,9 +322,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         floor: BrokerFloor | None = None
 
         def cpu() -> dict[str, float]:
-            return {"broker": cpu_seconds(broker.proc.pid if broker.proc else 0),
-                    "workers": sum(p.cpu_s() for p in procs),
-                    "bench (load, reader)": cpu_seconds(os.getpid(), children=False)}
+            here = {"broker": cpu_seconds(broker.proc.pid)} if broker.proc else {}  # a cluster's is not ours
+            return here | {"workers": sum(p.cpu_s() for p in procs),
+                           "bench (load, reader)": cpu_seconds(os.getpid(), children=False)}
 
         try:
             floor = BrokerFloor(settings).start() if args.broker_floor else None

@@ -22,7 +22,9 @@ from typing import Any
 from bench.common import (
     BENCH_DIR,
     QUICK_SETTINGS,
+    add_broker_option,
     bench_settings,
+    broker_name,
     command,
     embedded_broker,
     emit,
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", default=str(BENCH_DIR))
     parser.add_argument("--registry", default=None, help="bench model registry (default OUT_DIR/registry)")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
+    add_broker_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.users, args.items = min(args.events, 2_000), min(args.users, 300), min(args.items, 600)
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "events": args.events, "users": args.users, "quick": args.quick,
                               "model_version": ensure_model(registry, args.quick)}
     samples: list[Sample] = []
-    with embedded_broker(directory) as broker:
+    with embedded_broker(directory, args.broker) as broker:
+        report["broker"] = broker_name(broker)
         settings = bench_settings(broker.url, directory, f"m{int(time.time())}", registry,
                                   **(QUICK_SETTINGS if args.quick else {}))
         report["settings"] = knobs(settings)

@@ -40,7 +40,9 @@ from typing import Any
 from bench.common import (
     BENCH_DIR,
     QUICK_SETTINGS,
+    add_broker_option,
     bench_settings,
+    broker_name,
     command,
     embedded_broker,
     emit,
@@ -328,6 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", default=str(BENCH_DIR))
     parser.add_argument("--registry", default=None, help="bench model registry (default OUT_DIR/registry)")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
+    add_broker_option(parser)
     args = parser.parse_args(argv)
     if args.envelope < 1 or (args.envelope > 1 and args.rate is not None):
         parser.error("--envelope takes N >= 1 and packs a catch-up's events; a live --rate sends one per message")
@@ -343,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "users": args.users, "sample_rate": args.sample_rate, "quick": args.quick}
     report["model_version"] = ensure_model(registry, args.quick)
     raw = directory / "stacks.txt"
-    with embedded_broker(directory) as broker:
+    with embedded_broker(directory, args.broker) as broker:
+        report["broker"] = broker_name(broker)
         settings = bench_settings(broker.url, directory, f"p{int(time.time())}", registry,
                                   **(QUICK_SETTINGS if args.quick else {}))
         report["settings"] = knobs(settings)

@@ -25,7 +25,9 @@ from typing import Any
 
 from bench.common import (
     BENCH_DIR,
+    add_broker_option,
     bench_settings,
+    broker_name,
     command,
     embedded_broker,
     emit,
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", default=str(BENCH_DIR))
     parser.add_argument("--registry", default=None, help="bench model registry (default OUT_DIR/registry)")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
+    add_broker_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.rate, args.seconds, args.users, args.items = min(args.rate, 200.0), min(args.seconds, 4.0), 300, 600
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     Registry(registry).promote(version)
     traffic = SyntheticTraffic(load_adapters(), users=args.users, items=args.items, seed=7, anonymous_share=0.0)
-    with embedded_broker(directory) as broker:
+    with embedded_broker(directory, args.broker) as broker:
+        report["broker"] = broker_name(broker)
         settings = bench_settings(broker.url, directory, f"s{int(time.time())}", str(registry),
                                   model_check_interval_s=3600.0)
         report["settings"] = knobs(settings)

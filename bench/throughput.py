@@ -31,7 +31,9 @@ from typing import Any
 from bench.common import (
     BENCH_DIR,
     QUICK_SETTINGS,
+    add_broker_option,
     bench_settings,
+    broker_name,
     command,
     embedded_broker,
     emit,
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--registry", default=None, help="bench model registry (default OUT_DIR/registry)")
     parser.add_argument("--split", action="store_true", help="the worker runs as `interest worker --split`")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
+    add_broker_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.users, args.items = min(args.events, 2_000), min(args.users, 300), min(args.items, 600)
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "envelope_sizes": sizes, "quick": args.quick}
     version = ensure_model(registry, args.quick)
     report["model_version"] = version
-    with embedded_broker(directory) as broker:
+    with embedded_broker(directory, args.broker) as broker:
+        report["broker"] = broker_name(broker)
         single = bench_settings(broker.url, directory, f"s{int(time.time())}", registry,
                                   **(QUICK_SETTINGS if args.quick else {}))
         report["settings"] = knobs(single) | {"split": args.split}

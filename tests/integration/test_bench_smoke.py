@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from interest.embedded import EmbeddedBroker
+
 pytest.importorskip("torch")  # the naive baseline and the encoder bench compare with PyTorch eager
 
 COMMON = {"bench", "command", "machine", "targets", "all_targets_met", "quick"}
@@ -94,6 +96,32 @@ def test_freshness(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[
     assert len(spread) == 2 and all(spread)
     assert sorted(p for parts in spread for p in parts) == list(range(report["person_partitions"]))
     assert "p99_ms_at_2000_per_s" in report["targets"]
+    assert report["broker"] == "embedded Tansu (memory storage)" and (tmp_path / "freshness" / "broker.log").is_file()
+
+
+def test_freshness_on_a_broker_it_did_not_start(tmp_path: Path, registry: str, broker: EmbeddedBroker,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``--broker``: the run uses that cluster, starts no broker of its own and claims none of its CPU."""
+    from bench.freshness import main
+
+    report = run_bench(main, ["--quick", "--no-recovery", "--broker", broker.url, "--out-dir", str(tmp_path),
+                              "--registry", registry], capsys)
+    assert report["broker"] == broker.url
+    assert not (tmp_path / "freshness" / "broker.log").exists()
+    for run in report["rates"]:
+        assert run["readable"] == run["events"] > 0
+        assert set(run["cores"]) == {"workers", "bench (load, reader)"}
+
+
+@pytest.mark.parametrize("url", ["kafka://", "kafka://host", "kafka://host:port", "k1:9092,k2"])
+def test_a_malformed_broker_address_is_refused_before_anything_starts(tmp_path: Path, url: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.freshness import main
+
+    with pytest.raises(SystemExit):
+        main(["--quick", "--broker", url, "--out-dir", str(tmp_path)])
+    assert "expected kafka://host:port" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # no model trained, no directory made
 
 
 def test_encoder(tmp_path: Path, registry: str, capsys: pytest.CaptureFixture[str]) -> None:
