@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     person_topic: str = Field("interest.by_person", description="Internal topic keyed by person")
     person_partitions: int = Field(8, ge=1, le=1024, description="Partitions of the person topic")
     topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions for raw topics we create")
+    person_topic_retention_days: float = Field(
+        7, gt=0, le=3650,
+        description="retention.ms of the person topic when the worker creates it: how long the update stage may be "
+        "held (a store outage) before envelopes whose raw offsets are committed expire. Explicit, not the "
+        "cluster's default, which may be hours",
+    )
+    dlq_retention_days: float = Field(
+        30, gt=0, le=3650, description="retention.ms of the DLQ topic when the worker creates it",
+    )
     kafka_topic_replication: int = Field(
         -1, ge=-1, le=32,
         description="Replicas of each topic the worker creates (raw, identity, person, DLQ, models); -1: the "

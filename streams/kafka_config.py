@@ -102,8 +102,9 @@ def ensure_topics(settings: Settings, topics: dict[str, int]) -> None:
     admin = KafkaAdminClient(**kafka_python_options(settings), client_id="interest-admin")
     try:
         existing = set(admin.list_topics())
-        replicas = settings.kafka_topic_replication
-        missing = [NewTopic(name, parts, replicas) for name, parts in topics.items() if name not in existing]
+        replicas, configs = settings.kafka_topic_replication, topic_configs(settings)
+        missing = [NewTopic(name, parts, replicas, topic_configs=configs.get(name, {}))
+                   for name, parts in topics.items() if name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
@@ -117,6 +118,18 @@ def ensure_topics(settings: Settings, topics: dict[str, int]) -> None:
                     "(people are routed by their count, so it cannot change under a running deployment)")
     finally:
         admin.close()
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """The topic configs the worker sets on topics it creates; the others get the cluster's defaults.
+
+    The person topic's retention bounds how long the update stage may be held (a store outage) before
+    envelopes whose raw offsets are already committed expire, so it is ours to choose, not a cluster
+    default that may be hours.  The DLQ's bounds how long a dead letter waits for ``interest dlq replay``.
+    """
+    day_ms = 86_400_000
+    return {settings.person_topic: {"retention.ms": str(int(settings.person_topic_retention_days * day_ms))},
+            settings.dlq_topic: {"retention.ms": str(int(settings.dlq_retention_days * day_ms))}}
 
 
 def worker_topics(settings: Settings) -> dict[str, int]:

@@ -72,3 +72,23 @@ def test_worker_refuses_to_start_on_a_person_topic_of_another_count(make_setting
                           env=env, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "has 6 partitions but INTEREST_PERSON_PARTITIONS is 4" in proc.stderr
+
+
+def test_person_and_dlq_topics_are_created_with_their_own_retention(make_settings: Callable[..., Settings],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the CreateTopics request carries (the embedded broker answers DescribeConfigs with nothing)."""
+    sent: dict[str, dict[str, str]] = {}
+    real = KafkaAdminClient.create_topics
+
+    def spy(self: KafkaAdminClient, new_topics: list[NewTopic], *args: object, **kwargs: object) -> object:
+        sent.update({t.name: dict(t.topic_configs) for t in new_topics})
+        return real(self, new_topics, *args, **kwargs)
+
+    monkeypatch.setattr(KafkaAdminClient, "create_topics", spy)
+    settings = make_settings(person_topic_retention_days=2.5)
+    ensure_topics(settings, worker_topics(settings))
+    assert set(sent) == set(worker_topics(settings))
+    assert sent.pop(settings.person_topic) == {"retention.ms": str(int(2.5 * 86_400_000))}
+    assert sent.pop(settings.dlq_topic) == {"retention.ms": str(30 * 86_400_000)}
+    assert all(configs == {} for configs in sent.values())  # the raw, identity and models topics: cluster defaults
+    assert set(_replicas(settings, list(worker_topics(settings)))) == set(worker_topics(settings))
