@@ -43,6 +43,7 @@ from bench.common import (
     say,
     target,
 )
+from interest.embedded import EmbeddedBroker
 
 GROWTH_MAX = 1.5
 # The worker's fetch wait for the newest record: the broker answers as soon as its pass found the record, but a
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     directory = out_dir(args.out_dir, "broker_fetch")
     say(f"one partition of the embedded broker filled to {args.batches} single-record batches")
     with embedded_broker(Path(directory)) as broker:
+        assert isinstance(broker, EmbeddedBroker)  # this bench measures the embedded broker itself
         levels = asyncio.run(measure(broker.bootstrap, args.batches, args.step, args.probes))
     first, last = levels[0], levels[-1]
     span = last["stored_batches"] - first["stored_batches"]

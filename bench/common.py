@@ -135,10 +135,6 @@ class ClusterBroker:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    @property
-    def bootstrap(self) -> str:
-        return ",".join(Settings.model_construct(broker_url=self.url).bootstrap_servers())
-
 
 def add_broker_option(parser: argparse.ArgumentParser) -> None:
     """``--broker URL``: the same bench on an existing Kafka cluster instead of a fresh embedded one.
@@ -211,6 +207,12 @@ def bench_settings(broker_url: str, directory: Path, name: str, registry: str, *
 
 # --quick runs: a shorter session timeout makes the group join (about half of it on Tansu) ~1.5 s.
 QUICK_SETTINGS: dict[str, Any] = {"session_timeout_s": 3.0, "heartbeat_interval_s": 0.5}
+
+
+def quick_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """QUICK_SETTINGS for a ``--quick`` run on the embedded broker; none on a ``--broker`` cluster, whose
+    ``group.min.session.timeout.ms`` (6 s by default) refuses the shorter session timeout."""
+    return QUICK_SETTINGS if args.quick and not getattr(args, "broker", None) else {}
 
 
 def knobs(settings: Settings) -> dict[str, Any]:

@@ -37,7 +37,6 @@ import orjson
 from bench.broker_floor import BrokerFloor
 from bench.common import (
     BENCH_DIR,
-    QUICK_SETTINGS,
     add_broker_option,
     bench_settings,
     broker_name,
@@ -49,6 +48,7 @@ from bench.common import (
     machine,
     out_dir,
     plot_path,
+    quick_overrides,
     raw_field,
     say,
     target,
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with embedded_broker(directory, args.broker) as broker:
         report["broker"] = broker_name(broker)
         settings = bench_settings(broker.url, directory, f"f{int(time.time())}", registry,
-                                  **(QUICK_SETTINGS if args.quick else {}))
+                                  **quick_overrides(args))
         report["settings"] = knobs(settings) | {"workers": args.workers, "split": args.split}
         ensure_topics(settings, worker_topics(settings))
         procs = [Proc.worker(settings.model_copy(update={"web_port": settings.web_port if i == 0 else free_port(),

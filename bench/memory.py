@@ -21,7 +21,6 @@ from typing import Any
 
 from bench.common import (
     BENCH_DIR,
-    QUICK_SETTINGS,
     add_broker_option,
     bench_settings,
     broker_name,
@@ -34,6 +33,7 @@ from bench.common import (
     out_dir,
     plot_path,
     produce,
+    quick_overrides,
     say,
     synthetic,
     target,
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with embedded_broker(directory, args.broker) as broker:
         report["broker"] = broker_name(broker)
         settings = bench_settings(broker.url, directory, f"m{int(time.time())}", registry,
-                                  **(QUICK_SETTINGS if args.quick else {}))
+                                  **quick_overrides(args))
         report["settings"] = knobs(settings)
         produced = produce(settings, synthetic(args.events, args.users, args.items, args.seed))
         total = produced["messages"]

@@ -39,7 +39,6 @@ from typing import Any
 
 from bench.common import (
     BENCH_DIR,
-    QUICK_SETTINGS,
     add_broker_option,
     bench_settings,
     broker_name,
@@ -52,6 +51,7 @@ from bench.common import (
     out_dir,
     plot_path,
     produce,
+    quick_overrides,
     say,
     synthetic,
 )
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with embedded_broker(directory, args.broker) as broker:
         report["broker"] = broker_name(broker)
         settings = bench_settings(broker.url, directory, f"p{int(time.time())}", registry,
-                                  **(QUICK_SETTINGS if args.quick else {}))
+                                  **quick_overrides(args))
         report["settings"] = knobs(settings)
         events = synthetic(args.events if not live else int(args.rate * seconds), args.users, args.items, args.seed)
         produced: dict[str, Any] = {}

@@ -30,7 +30,6 @@ from typing import Any
 
 from bench.common import (
     BENCH_DIR,
-    QUICK_SETTINGS,
     add_broker_option,
     bench_settings,
     broker_name,
@@ -43,6 +42,7 @@ from bench.common import (
     out_dir,
     plot_path,
     produce,
+    quick_overrides,
     ratio,
     say,
     synthetic,
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with embedded_broker(directory, args.broker) as broker:
         report["broker"] = broker_name(broker)
         single = bench_settings(broker.url, directory, f"s{int(time.time())}", registry,
-                                  **(QUICK_SETTINGS if args.quick else {}))
+                                  **quick_overrides(args))
         report["settings"] = knobs(single) | {"split": args.split}
         say(f"generating {args.events} events for {args.users} people")
         events = synthetic(args.events, args.users, args.items, args.seed)
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["envelopes"] = {}
         for size in sizes:
             env = bench_settings(broker.url, directory, f"e{size}x{int(time.time())}", registry,
-                                 **(QUICK_SETTINGS if args.quick else {}))
+                                 **quick_overrides(args))
             produced = produce(env, events, envelope=size)
             run = run_worker(env, directory, produced, args, f"envelope-{size}")
             run["produce"] = {k: v for k, v in produced.items() if k != "end_offsets"}

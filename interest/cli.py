@@ -133,7 +133,7 @@ def produce(
     """Send raw events to events.<platform>.<action> topics, keyed by platform user id."""
     import time
 
-    from interest.produce import ensure_topics, make_producer, produce_events, raw_lines, worker_topics
+    from interest.produce import ensure_topics, input_topics, make_producer, produce_events, raw_lines
 
     settings = settings_or_exit(broker_url=broker)
     if synthetic == (file is not None):
@@ -146,7 +146,7 @@ def produce(
         if not platform:
             typer.echo("error: --file needs --platform", err=True)
             raise typer.Exit(2)
-        ensure_topics(settings, worker_topics(settings))
+        ensure_topics(settings, input_topics(settings))
         prod = make_producer(settings)
         count = 0
         with typer.progressbar(length=0, label="producing", show_pos=True) as bar:

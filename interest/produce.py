@@ -16,7 +16,7 @@ from kafka import KafkaProducer
 
 from interest.synthetic import RawEvent
 from schemas.settings import Settings
-from streams.kafka_config import ensure_topics, kafka_producer, worker_topics
+from streams.kafka_config import ensure_topics, input_topics, kafka_producer
 
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
@@ -77,7 +77,7 @@ def produce_events(
     ``stamp_now`` rewrites nothing in the payload but adds a ``produced_ms``
     header, which the freshness benchmark reads.
     """
-    ensure_topics(settings, worker_topics(settings))
+    ensure_topics(settings, input_topics(settings))
     topic_of = raw_topic_map(settings)
     own = producer is None
     prod = producer or make_producer(settings)

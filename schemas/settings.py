@@ -55,13 +55,14 @@ class Settings(BaseSettings):
     person_partitions: int = Field(8, ge=1, le=1024, description="Partitions of the person topic")
     topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions for raw topics we create")
     person_topic_retention_days: float = Field(
-        7, gt=0, le=3650,
+        7, ge=1 / 24, le=3650,
         description="retention.ms of the person topic when the worker creates it: how long the update stage may be "
         "held (a store outage) before envelopes whose raw offsets are committed expire. Explicit, not the "
         "cluster's default, which may be hours",
     )
     dlq_retention_days: float = Field(
-        30, gt=0, le=3650, description="retention.ms of the DLQ topic when the worker creates it",
+        30, ge=1 / 24, le=3650,
+        description="retention.ms of the DLQ topic when the worker creates it (an hour at least)",
     )
     kafka_topic_replication: int = Field(
         -1, ge=-1, le=32,

@@ -84,6 +84,16 @@ def group_id(settings: Settings) -> str:
     return settings.app_id
 
 
+def leader_topic(settings: Settings) -> str:
+    """The topic Faust's leader assignor declares for the app (``LeaderAssignor._leader_topic_name``).
+
+    The worker creates it first, with ``kafka_topic_replication`` (Faust itself would use
+    ``topic_replication_factor``, which takes no -1), so a cluster that requires its replica count
+    accepts it.  It carries no data.
+    """
+    return f"{group_id(settings)}-__assignor-__leader"
+
+
 def raw_group(settings: Settings) -> str:
     """The consumer group that reads and commits the raw topics and identity links.
 
@@ -121,8 +131,8 @@ def lean_app(settings: Settings, **overrides: Any) -> LeanApp:
         "broker_credentials": faust_credentials(settings),
         "store": "memory://",
         "topic_partitions": settings.topic_partitions,
-        # Every data topic exists before Faust starts (ensure_topics, with kafka_topic_replication); Faust only
-        # declares its assignor's leader topic, which carries no data.  Faust takes no -1 (broker default).
+        # Every topic exists before Faust starts (ensure_topics, with kafka_topic_replication; its assignor's
+        # leader topic too: leader_topic), so Faust declares none; it takes no -1 (the cluster's default).
         "topic_replication_factor": max(settings.kafka_topic_replication, 1),
         "topic_allow_declare": True,
         "broker_session_timeout": settings.session_timeout_s,

@@ -6,15 +6,17 @@ their TLS/SASL options from here, so a setting means the same for both.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import ssl
 from typing import Any
 
 from schemas.settings import KafkaSecurity, Settings
 
+log = logging.getLogger("interest.kafka")
+
 
 class KafkaConfigError(ValueError):
-    """Security settings that cannot work (missing CA file, bad key pair)."""
+    """Kafka settings that cannot work: security (missing CA file, bad key pair), topics the cluster refuses."""
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -88,16 +90,20 @@ def faust_credentials(settings: Settings) -> Any:
 
 
 def ensure_topics(settings: Settings, topics: dict[str, int]) -> None:
-    """Create missing topics with the given partition counts and ``kafka_topic_replication`` (idempotent).
+    """Create missing topics with the given partition counts, ``kafka_topic_replication`` replicas and
+    ``topic_configs`` (idempotent; a topic that exists is left as it is).
 
-    Raises ``KafkaConfigError`` when the person topic already exists with a partition count other than
-    ``person_partitions``.  Why: the ingest stage picks each person's partition itself (a hash modulo
-    ``person_partitions``), so a topic with fewer partitions would hold the stage on every produce to a
-    partition it lacks, and one that had more would hand a changed person count's people to other
-    partitions, and so other owners, than the events already in flight.  The raw topics may have any count.
+    Raises ``KafkaConfigError`` when the cluster refuses a topic for a reason no retry fixes (replicas,
+    policy, authorisation: named with the setting to change), and when the person topic exists with a
+    partition count other than ``person_partitions``.  Why that check: the ingest stage picks each
+    person's partition itself (a hash modulo ``person_partitions``), so a topic with fewer partitions
+    would hold the stage on every produce to a partition it lacks, and a changed count would hand
+    people to other partitions, and so other owners, than the events already in flight.  The raw
+    topics may have any count.  The check also runs when another process created the topic between
+    this one's listing and its request (two workers starting at once, ``--split``'s two stages).
     """
     from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import IncompatibleBrokerVersion
 
     admin = KafkaAdminClient(**kafka_python_options(settings), client_id="interest-admin")
     try:
@@ -106,18 +112,64 @@ def ensure_topics(settings: Settings, topics: dict[str, int]) -> None:
         missing = [NewTopic(name, parts, replicas, topic_configs=configs.get(name, {}))
                    for name, parts in topics.items() if name not in existing]
         if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(missing)
+            try:
+                answer = admin.create_topics(missing, raise_errors=False)
+            except IncompatibleBrokerVersion as exc:  # -1 (the cluster's default) needs CreateTopics v4+
+                raise KafkaConfigError(f"cannot create topics: {exc}; set INTEREST_KAFKA_TOPIC_REPLICATION to "
+                                       "a replica count (this broker predates Kafka 2.4's defaults)") from exc
+            existing |= _created_by_others(answer, settings)
         person = settings.person_topic
         if person in topics and person in existing:
-            found = len(admin.describe_topics([person])[0].get("partitions") or [])
-            if found != topics[person]:
-                raise KafkaConfigError(
-                    f"the person topic {person!r} has {found} partitions but INTEREST_PERSON_PARTITIONS is "
-                    f"{topics[person]}: set it to {found}, or name a new topic in INTEREST_PERSON_TOPIC "
-                    "(people are routed by their count, so it cannot change under a running deployment)")
+            _check_person_topic(admin, settings, topics[person])
     finally:
         admin.close()
+
+
+def _created_by_others(answer: dict[str, Any], settings: Settings) -> set[str]:
+    """The topics a CreateTopics answer says exist already; raises for any other refusal.
+
+    Why not kafka-python's ``raise_errors``: it raises the first topic's error only, so an "already
+    exists" (another process won the race) would hide a real refusal of the next topic.
+    """
+    from kafka.errors import TopicAlreadyExistsError, for_code
+
+    there: set[str] = set()
+    for topic in answer.get("topics", []):
+        code = topic.get("error_code") or 0
+        if code == TopicAlreadyExistsError.errno:
+            there.add(topic["name"])
+        elif code:
+            error = for_code(code)
+            detail = f"{error.__name__}: {topic.get('error_message') or error.description}"
+            if error.retriable:  # the controller moved, a timeout: the caller's restart tries again
+                raise error(f"creating topic {topic['name']!r}: {detail}")
+            raise KafkaConfigError(
+                f"the cluster refused to create topic {topic['name']!r} ({detail}); replicas asked: "
+                f"INTEREST_KAFKA_TOPIC_REPLICATION={settings.kafka_topic_replication}, or create the topic yourself")
+    return there
+
+
+def _check_person_topic(admin: Any, settings: Settings, partitions: int) -> None:
+    """The existing person topic has ``partitions`` partitions (else ``KafkaConfigError``); fewer replicas
+    than asked are logged, since the worker does not change a topic that exists."""
+    from kafka.errors import for_code
+
+    person = settings.person_topic
+    described = admin.describe_topics([person])[0]
+    if described.get("error_code"):
+        error = for_code(described["error_code"])
+        raise error(f"describing the person topic {person!r}: {error.__name__}")
+    found = len(described.get("partitions") or [])
+    if found != partitions:
+        raise KafkaConfigError(
+            f"the person topic {person!r} has {found} partitions but INTEREST_PERSON_PARTITIONS is "
+            f"{partitions}: set it to {found}, or name a new topic in INTEREST_PERSON_TOPIC "
+            "(people are routed by their count, so it cannot change under a running deployment)")
+    copies = min((len(p.get("replica_nodes") or []) for p in described["partitions"]), default=0)
+    if 0 < copies < settings.kafka_topic_replication:
+        log.warning("the person topic %r has %d replicas, INTEREST_KAFKA_TOPIC_REPLICATION asks for %d; an "
+                    "existing topic is not changed (kafka-reassign-partitions adds replicas)",
+                    person, copies, settings.kafka_topic_replication)
 
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
@@ -125,17 +177,32 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
 
     The person topic's retention bounds how long the update stage may be held (a store outage) before
     envelopes whose raw offsets are already committed expire, so it is ours to choose, not a cluster
-    default that may be hours.  The DLQ's bounds how long a dead letter waits for ``interest dlq replay``.
+    default that may be hours; with 3 or more replicas asked it also takes writes only while 2 are in
+    sync (``acks=all`` then means two copies; the cluster's default, 1, would let one do).  The DLQ's
+    retention bounds how long a dead letter waits for ``interest dlq replay``.
     """
     day_ms = 86_400_000
-    return {settings.person_topic: {"retention.ms": str(int(settings.person_topic_retention_days * day_ms))},
-            settings.dlq_topic: {"retention.ms": str(int(settings.dlq_retention_days * day_ms))}}
+    person = {"retention.ms": str(round(settings.person_topic_retention_days * day_ms))}
+    if settings.kafka_topic_replication >= 3:
+        person["min.insync.replicas"] = "2"
+    return {settings.person_topic: person,
+            settings.dlq_topic: {"retention.ms": str(round(settings.dlq_retention_days * day_ms))}}
+
+
+def input_topics(settings: Settings) -> dict[str, int]:
+    """The topics producers write (raw events, identity links), with their partition counts.
+
+    ``interest produce`` creates these only: the person, DLQ and models topics are the worker's, made
+    with the worker's settings (replicas, retention, person partitions), not a producer host's.
+    """
+    topics = {t: settings.topic_partitions for t in settings.raw_topics()}
+    topics[settings.identity_topic] = settings.topic_partitions
+    return topics
 
 
 def worker_topics(settings: Settings) -> dict[str, int]:
     """Every topic the worker reads or writes, with its partition count."""
-    topics = {t: settings.topic_partitions for t in settings.raw_topics()}
-    topics[settings.identity_topic] = settings.topic_partitions
+    topics = input_topics(settings)
     topics[settings.person_topic] = settings.person_partitions
     topics[settings.dlq_topic] = 1
     topics[settings.models_topic] = 1
