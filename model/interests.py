@@ -211,19 +211,23 @@ def _finish(seqs: Sequence[Sequence[SeqEvent]], member: np.ndarray, valid: np.nd
         for c, kept in enumerate(kept_rows[b]):
             if not kept:
                 continue
-            items: list[str] = []
-            for positions in (head[b][c], order[b, c, depth:].tolist()):  # the tail only for many repeats
-                for pos in positions[: members[b][c]]:
-                    if len(items) == per:
-                        break
-                    if seq[pos].item_id not in items:
-                        items.append(seq[pos].item_id)
-                if len(items) == per or members[b][c] <= depth:
-                    break
-                members[b][c] -= depth
+            count = members[b][c]
+            items = _distinct_items(seq, head[b][c][:count], per, [])
+            if len(items) < per and count > depth:  # the rest of the ranking only for many repeats
+                items = _distinct_items(seq, order[b, c, depth:count].tolist(), per, items)
             interests.append(Interest(centre[b, c].copy(), float(share[b][c]), tuple(items)))
         out.append(tuple(sorted(interests, key=lambda it: (-it.weight, it.items))))
     return out
+
+
+def _distinct_items(seq: Sequence[SeqEvent], positions: Sequence[int], per: int, items: list[str]) -> list[str]:
+    """``items`` extended by the item ids at ``positions`` (in order) not already in it, up to ``per``."""
+    for pos in positions:
+        if len(items) == per:
+            break
+        if seq[pos].item_id not in items:
+            items.append(seq[pos].item_id)
+    return items
 
 
 def diverse_ranking(vector: np.ndarray, interests: Sequence[Interest], item_matrix: np.ndarray,

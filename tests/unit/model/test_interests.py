@@ -52,6 +52,14 @@ def test_one_taste_gives_one_interest_and_batches_do_not_mix() -> None:
     assert [i.items for i in got[0]] == [i.items for i in person_interests(item_vectors, [one], k=3)[0]]
 
 
+def test_an_interest_names_distinct_items_past_a_run_of_repeats() -> None:
+    """The closest members are forty clicks on one item: the other items come from further down the ranking."""
+    seq = events(["A-1", "A-2", *["A-0"] * 40])
+    (interests,) = person_interests(item_vectors, [seq], k=3, items_per_interest=3)
+    assert len(interests) == 1
+    assert interests[0].items[0] == "A-0" and sorted(interests[0].items) == ["A-0", "A-1", "A-2"]
+
+
 def test_mix_ranked_shares_slots_by_weight_without_repeats() -> None:
     a = [(f"a{n}", 1.0 - n / 100) for n in range(10)] + [("both", 0.5)]
     b = [("both", 0.99)] + [(f"b{n}", 0.9 - n / 100) for n in range(10)]
