@@ -44,8 +44,10 @@ def pack_interests(interests: Sequence[Interest]) -> bytes:
     if not interests:
         return b""
     header = orjson.dumps([[float(i.weight), list(i.items)] for i in interests])
-    vectors = np.stack([np.asarray(i.vector, dtype="<f4").reshape(-1) for i in interests])
-    return struct.pack("<I", len(header)) + header + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+    vectors = [np.asarray(i.vector, dtype="<f4").tobytes() for i in interests]  # C order, as a stack would be
+    if len({len(v) for v in vectors}) != 1:  # unpack_interests splits the tail evenly
+        raise ValueError(f"interests of one profile differ in size: {[len(v) // 4 for v in vectors]}")
+    return b"".join([struct.pack("<I", len(header)), header, *vectors])
 
 
 def unpack_interests(raw: bytes | None) -> tuple[Interest, ...]:

@@ -93,3 +93,20 @@ def test_cassandra_keyspace_without_the_column_is_upgraded_by_init(cql_server: C
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_interests_blob_round_trips_and_refuses_vectors_of_mixed_sizes() -> None:
+    """Both stores keep a profile's interests as one blob: every float and item comes back, in order."""
+    import numpy as np
+
+    from streams.stores.codec import pack_interests, unpack_interests
+
+    grid = np.arange(3 * 16, dtype=np.float64).reshape(16, 3) / 7  # columns: strided float64 views
+    interests = tuple(Interest(grid[:, n], 0.5 - n / 10, (f"i{n}", "shared")) for n in range(3))
+    back = unpack_interests(pack_interests(interests))
+    assert [(i.weight, i.items) for i in back] == [(i.weight, i.items) for i in interests]
+    assert all(np.array_equal(got.vector, want.vector.astype(np.float32))
+               for got, want in zip(back, interests, strict=True))
+    assert pack_interests(()) == b"" and unpack_interests(b"") == ()
+    with pytest.raises(ValueError, match=r"differ in size: \[16, 8\]"):
+        pack_interests((interests[0], Interest(np.zeros(8, np.float32), 0.1, ("x",))))
