@@ -62,6 +62,8 @@ def person_interests(
     items_per_interest: int = 3,
 ) -> list[tuple[Interest, ...]]:
     """Up to ``k`` interests of each sequence (heaviest first), in input order; ``()`` for an empty one."""
+    if items_per_interest < 0:
+        raise ValueError(f"items_per_interest must be >= 0, not {items_per_interest}")
     count = len(sequences)
     if count == 0 or k <= 0:
         return [() for _ in range(count)]
@@ -211,10 +213,10 @@ def _finish(seqs: Sequence[Sequence[SeqEvent]], member: np.ndarray, valid: np.nd
         for c, kept in enumerate(kept_rows[b]):
             if not kept:
                 continue
-            count = members[b][c]
-            items = _distinct_items(seq, head[b][c][:count], per, [])
-            if len(items) < per and count > depth:  # the rest of the ranking only for many repeats
-                items = _distinct_items(seq, order[b, c, depth:count].tolist(), per, items)
+            size = members[b][c]
+            items = _distinct_items(seq, head[b][c][:size], per, [])
+            if len(items) < per and size > depth:  # the rest of the ranking only for many repeats
+                items = _distinct_items(seq, order[b, c, depth:size].tolist(), per, items)
             interests.append(Interest(centre[b, c].copy(), float(share[b][c]), tuple(items)))
         out.append(tuple(sorted(interests, key=lambda it: (-it.weight, it.items))))
     return out

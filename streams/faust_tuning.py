@@ -132,7 +132,7 @@ def lean_app(settings: Settings, **overrides: Any) -> LeanApp:
         "store": "memory://",
         "topic_partitions": settings.topic_partitions,
         # Every topic exists before Faust starts (ensure_topics, with kafka_topic_replication; its assignor's
-        # leader topic too: leader_topic), so Faust declares none; it takes no -1 (the cluster's default).
+        # leader topic too: leader_topic), so Faust's declarations find them there; it takes no -1.
         "topic_replication_factor": max(settings.kafka_topic_replication, 1),
         "topic_allow_declare": True,
         "broker_session_timeout": settings.session_timeout_s,

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from typing import Any
 
 from schemas.settings import KafkaSecurity, Settings
 
 log = logging.getLogger("interest.kafka")
+DESCRIBE_WAIT_S = 10.0  # how long a just-made person topic may take to show in the metadata answered
 
 
 class KafkaConfigError(ValueError):
@@ -141,11 +143,12 @@ def _created_by_others(answer: dict[str, Any], settings: Settings) -> set[str]:
         elif code:
             error = for_code(code)
             detail = f"{error.__name__}: {topic.get('error_message') or error.description}"
-            if error.retriable:  # the controller moved, a timeout: the caller's restart tries again
+            if error.retriable:  # a timeout, a throttled request: the caller's restart tries again
                 raise error(f"creating topic {topic['name']!r}: {detail}")
-            raise KafkaConfigError(
-                f"the cluster refused to create topic {topic['name']!r} ({detail}); replicas asked: "
-                f"INTEREST_KAFKA_TOPIC_REPLICATION={settings.kafka_topic_replication}, or create the topic yourself")
+            fix = (f"replicas asked: INTEREST_KAFKA_TOPIC_REPLICATION={settings.kafka_topic_replication}"
+                   if error.__name__ == "InvalidReplicationFactorError" else "the cluster's policy or ACLs")
+            raise KafkaConfigError(f"the cluster refused to create topic {topic['name']!r} ({detail}); check "
+                                   f"{fix}, or create the topic yourself")
     return there
 
 
@@ -155,10 +158,18 @@ def _check_person_topic(admin: Any, settings: Settings, partitions: int) -> None
     from kafka.errors import for_code
 
     person = settings.person_topic
-    described = admin.describe_topics([person])[0]
-    if described.get("error_code"):
-        error = for_code(described["error_code"])
-        raise error(f"describing the person topic {person!r}: {error.__name__}")
+    deadline = time.monotonic() + DESCRIBE_WAIT_S
+    while True:  # a topic another process has just made may not be in every broker's metadata yet
+        described = admin.describe_topics([person])[0]
+        error = for_code(described["error_code"]) if described.get("error_code") else None
+        if error is None:
+            break
+        if not error.retriable:
+            raise KafkaConfigError(f"cannot describe the person topic {person!r}: {error.__name__} "
+                                   f"({error.description})")
+        if time.monotonic() > deadline:
+            raise error(f"describing the person topic {person!r} for {DESCRIBE_WAIT_S:.0f}s: {error.__name__}")
+        time.sleep(0.2)
     found = len(described.get("partitions") or [])
     if found != partitions:
         raise KafkaConfigError(

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from schemas.settings import Settings
-from streams.kafka_config import kafka_consumer, kafka_producer
+from streams.kafka_config import ensure_topics, kafka_consumer, kafka_producer
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def announce(settings: Settings, version: str, action: str, extra: dict[str, Any
     will still pick the version up at their next registry check.
     """
     body = {"version": version, "action": action, "at_ms": int(time.time() * 1000), **(extra or {})}
+    ensure_topics(settings, {settings.models_topic: 1})  # a trainer may publish before any worker made it
     producer = kafka_producer(settings, request_timeout_ms=int(timeout_s * 1000), max_block_ms=int(timeout_s * 1000))
     try:
         producer.send(settings.models_topic, key=version.encode(), value=orjson.dumps(body)).get(timeout=timeout_s)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import NotControllerError
+from kafka.errors import RequestTimedOutError
 
 from interest.worker_cmd import startup_topics
 from schemas.settings import Settings
@@ -58,7 +58,8 @@ def test_worker_topics_ask_for_the_cluster_default_replicas_and_their_own_retent
         make_settings: Callable[..., Settings], sent: dict[str, NewTopic]) -> None:
     settings = make_settings(person_topic_retention_days=2.5)
     topics = startup_topics(settings)
-    assert faust_tuning.leader_topic(settings) in topics  # Faust's assignor topic too: it declares none itself
+    leader = faust_tuning.lean_app(settings)._leader_assignor._leader_topic_name  # what Faust itself declares
+    assert topics[leader] == 1  # made by the worker, with its replicas, before Faust looks for it
     ensure_topics(settings, topics)
     assert set(sent) == set(topics) <= _listed(settings)
     assert {t.replication_factor for t in sent.values()} == {-1}  # the cluster's default.replication.factor
@@ -143,12 +144,40 @@ def test_a_refusal_after_an_already_exists_is_not_hidden(make_settings: Callable
 
 def test_a_passing_refusal_is_raised_as_itself_for_a_restart(make_settings: Callable[..., Settings],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The controller moved: not a setting to fix, so not exit 2; the process's restart tries again."""
+    """The request timed out: not a setting to fix, so not exit 2; the process's restart tries again."""
     settings = make_settings()
-    answer = _answer((settings.person_topic, 41, None))
+    answer = _answer((settings.person_topic, 7, None))
     monkeypatch.setattr(KafkaAdminClient, "create_topics", lambda self, topics, **kw: answer)
-    with pytest.raises(NotControllerError, match="by_person"):
+    with pytest.raises(RequestTimedOutError, match="by_person"):
         ensure_topics(settings, worker_topics(settings))
+
+
+def test_a_person_topic_not_yet_in_the_metadata_is_waited_for_and_a_refused_describe_is_exit_2(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings()
+    ensure_topics(settings, worker_topics(settings))
+    real = KafkaAdminClient.describe_topics
+    answers = [[{"name": settings.person_topic, "error_code": 3, "partitions": []}]] * 2  # just made elsewhere
+
+    def describe(self: KafkaAdminClient, topics: list[str], *args: Any, **kwargs: Any) -> Any:
+        return answers.pop() if answers else real(self, topics, *args, **kwargs)
+
+    monkeypatch.setattr(KafkaAdminClient, "describe_topics", describe)
+    ensure_topics(settings, worker_topics(settings))  # two UnknownTopicOrPartition answers, then the topic
+    assert answers == []
+    denied = [{"name": settings.person_topic, "error_code": 29, "partitions": []}]  # TopicAuthorizationFailed
+    monkeypatch.setattr(KafkaAdminClient, "describe_topics", lambda self, topics, *a, **kw: denied)
+    with pytest.raises(KafkaConfigError, match="cannot describe the person topic .*TopicAuthorizationFailed"):
+        ensure_topics(settings, worker_topics(settings))
+
+
+def test_an_announcement_makes_the_models_topic_a_trainer_may_publish_to_first(
+        make_settings: Callable[..., Settings]) -> None:
+    from streams.model_watch import announce
+
+    settings = make_settings()
+    announce(settings, "v1", "publish")
+    assert settings.models_topic in _listed(settings)
 
 
 def test_worker_refuses_to_start_on_a_person_topic_of_another_count(make_settings: Callable[..., Settings]) -> None:
