@@ -86,7 +86,7 @@ async def measure(host: str, batches: int, step: int, probes: int) -> list[dict[
     """The levels of one partition on the broker at ``host`` (``host:port``), filled to ``batches``."""
     from aiokafka import AIOKafkaClient, AIOKafkaProducer
 
-    create_topic(host, TOPIC, 1, "bench-broker-fetch")
+    create_topic(host, TOPIC, 1)
     producer = AIOKafkaProducer(bootstrap_servers=host, acks=1, linger_ms=0)
     client = AIOKafkaClient(bootstrap_servers=host)
     await producer.start()

@@ -50,7 +50,7 @@ def measure(url: str, rate: float, seconds: float, partitions: int = 12, fetch_w
     from kafka import KafkaConsumer, KafkaProducer
 
     topic = f"hop-{int(time.time() * 1000)}"
-    create_topic(url, topic, partitions, "bench-hop")
+    create_topic(url, topic, partitions)
     seen: list[tuple[float, float]] = []
     stop, assigned = threading.Event(), threading.Event()
     consumer = KafkaConsumer(bootstrap_servers=url, group_id=f"{topic}-g", auto_offset_reset="earliest",

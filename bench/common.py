@@ -116,15 +116,12 @@ def out_dir(base: str | os.PathLike[str], name: str) -> Path:
 
 
 # -- broker and settings --------------------------------------------------------------
-def create_topic(bootstrap: str, name: str, partitions: int, client_id: str) -> None:
-    """One topic of a bench's own (replication 1: the embedded broker is one node)."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+def create_topic(url: str, name: str, partitions: int) -> None:
+    """One topic of a bench's own at ``url``, made the way the worker makes its topics (``ensure_topics``)."""
+    from streams.kafka_config import ensure_topics
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        admin.close()
+    address: dict[str, Any] = {"broker_url": url}
+    ensure_topics(Settings(**address), {name: partitions})
 
 
 class ClusterBroker:
@@ -212,7 +209,7 @@ QUICK_SETTINGS: dict[str, Any] = {"session_timeout_s": 3.0, "heartbeat_interval_
 def quick_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """QUICK_SETTINGS for a ``--quick`` run on the embedded broker; none on a ``--broker`` cluster, whose
     ``group.min.session.timeout.ms`` (6 s by default) refuses the shorter session timeout."""
-    return QUICK_SETTINGS if args.quick and not getattr(args, "broker", None) else {}
+    return QUICK_SETTINGS if args.quick and not args.broker else {}
 
 
 def knobs(settings: Settings) -> dict[str, Any]:

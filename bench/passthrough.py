@@ -22,7 +22,7 @@ import orjson
 
 from schemas.settings import Settings, load_settings
 from streams import faust_tuning
-from streams.kafka_config import ensure_topics, worker_topics
+from streams.kafka_config import ensure_topics
 
 log = logging.getLogger("bench.passthrough")
 
@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> faust.App:
 def main() -> None:
     settings = load_settings()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    ensure_topics(settings, worker_topics(settings) | {faust_tuning.leader_topic(settings): 1})
+    ensure_topics(settings, faust_tuning.app_topics(settings))
     app = create_app(settings)
     faust.Worker(app, loglevel="info", quiet=True, redirect_stdouts=False).execute_from_commandline()
 

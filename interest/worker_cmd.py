@@ -77,7 +77,7 @@ def run_worker(settings: object) -> None:
     import faust
 
     from schemas.settings import Settings
-    from streams import metrics
+    from streams import faust_tuning, metrics
     from streams.app import create_app
     from streams.kafka_config import KafkaConfigError, check_kafka_access, ensure_topics
 
@@ -96,7 +96,7 @@ def run_worker(settings: object) -> None:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     try:
         check_kafka_access(settings)
-        ensure_topics(settings, startup_topics(settings))
+        ensure_topics(settings, faust_tuning.app_topics(settings))
     except KafkaConfigError as exc:  # wrong credentials, CA or person-topic partitions: say which setting to fix
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -114,17 +114,6 @@ def run_worker(settings: object) -> None:
     app, _ = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
-
-
-def startup_topics(settings: object) -> dict[str, int]:
-    """What a worker creates before Faust starts: every topic it reads or writes, and Faust's assignor
-    leader topic, so that each has ``kafka_topic_replication`` replicas (``faust_tuning.leader_topic``)."""
-    from schemas.settings import Settings
-    from streams import faust_tuning
-    from streams.kafka_config import worker_topics
-
-    assert isinstance(settings, Settings)
-    return worker_topics(settings) | {faust_tuning.leader_topic(settings): 1}
 
 
 def _seed_raw_group(settings: object) -> None:

@@ -94,6 +94,14 @@ def leader_topic(settings: Settings) -> str:
     return f"{group_id(settings)}-__assignor-__leader"
 
 
+def app_topics(settings: Settings) -> dict[str, int]:
+    """What a process running our Faust app creates before Faust starts: every topic the worker reads or
+    writes, and the assignor's leader topic, so each has ``kafka_topic_replication`` replicas."""
+    from streams.kafka_config import worker_topics
+
+    return worker_topics(settings) | {leader_topic(settings): 1}
+
+
 def raw_group(settings: Settings) -> str:
     """The consumer group that reads and commits the raw topics and identity links.
 

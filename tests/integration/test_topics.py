@@ -17,7 +17,6 @@ import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import RequestTimedOutError
 
-from interest.worker_cmd import startup_topics
 from schemas.settings import Settings
 from streams import faust_tuning
 from streams.kafka_config import KafkaConfigError, ensure_topics, input_topics, kafka_python_options, worker_topics
@@ -57,7 +56,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, NewTopic]:
 def test_worker_topics_ask_for_the_cluster_default_replicas_and_their_own_retention(
         make_settings: Callable[..., Settings], sent: dict[str, NewTopic]) -> None:
     settings = make_settings(person_topic_retention_days=2.5)
-    topics = startup_topics(settings)
+    topics = faust_tuning.app_topics(settings)
     leader = faust_tuning.lean_app(settings)._leader_assignor._leader_topic_name  # what Faust itself declares
     assert topics[leader] == 1  # made by the worker, with its replicas, before Faust looks for it
     ensure_topics(settings, topics)
